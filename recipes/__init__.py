@@ -1,0 +1,1 @@
+"""Concrete recipes, each with its model and data; registered in recipes.toml."""

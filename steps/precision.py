@@ -1,0 +1,24 @@
+"""Mixed precision as two small pieces: an autocast context and a GradScaler."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    """A context that runs the forward pass in `precision` ("fp32": a no-op context)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def make_scaler(device: torch.device, precision: str) -> Any:
+    """A GradScaler for fp16 on CUDA (it keeps small gradients from underflowing), else None."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)

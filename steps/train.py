@@ -1,0 +1,85 @@
+"""The step functions a training loop is made of. Each works alone from a script:
+
+    for batch in loader:
+        loss = train_step(model, batch, forward_batch, ctx, optimizer, clip=1.0)
+
+`engine.fit` is built from the same pieces (`forward_loss`, `backward`, `optimizer_step`), so a
+hand-composed loop and `fit` give the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+
+
+def split_output(out: Any) -> tuple[torch.Tensor, dict]:
+    """`forward_batch`'s result as (loss, metrics): a tensor, or a record with .loss/.metrics."""
+    if isinstance(out, torch.Tensor):
+        return out, {}
+    return out.loss, dict(getattr(out, "metrics", {}) or {})
+
+
+def backward(loss: torch.Tensor, scale: float = 1.0, scaler: Any = None) -> None:
+    """Backpropagate `loss * scale` (scale = 1/k for a k-batch accumulation), through a
+    GradScaler when fp16 needs one."""
+    if scale != 1.0:
+        loss = loss * scale
+    if scaler is not None:
+        loss = scaler.scale(loss)
+    loss.backward()
+
+
+def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The total L2 norm of the gradients, as a tensor on their device (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    if _total_norm is not None:
+        return _total_norm(grads, 2.0)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor],
+                   clip: float = 0.0, scaler: Any = None) -> torch.Tensor:
+    """Clip (total norm at most `clip`, 0 = off), step, zero the gradients.
+
+    Returns the total gradient norm before clipping, on the device (read it later, not now).
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        norm = grad_norm(params)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def train_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
+               optimizer: torch.optim.Optimizer, *, clip: float = 0.0, scaler: Any = None,
+               autocast: Any = None) -> torch.Tensor:
+    """One full optimizer step on one batch; returns the detached loss (no host sync)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    with autocast or contextlib.nullcontext():
+        loss, _ = split_output(forward_batch(model, batch, ctx))
+    backward(loss, scaler=scaler)
+    optimizer_step(optimizer, params, clip, scaler)
+    return loss.detach()
+
+
+def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
+              autocast: Any = None) -> tuple[torch.Tensor, dict]:
+    """The loss and metrics of one batch without gradients (the caller sets model.eval())."""
+    with torch.no_grad(), autocast or contextlib.nullcontext():
+        loss, metrics = split_output(forward_batch(model, batch, ctx))
+    return loss.detach(), {k: v.detach() for k, v in metrics.items()}
