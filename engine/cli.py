@@ -160,18 +160,22 @@ def cmd_run(args: Any) -> int:
 
     @listens_to(Event.FIT_START)
     def announce(event: Any, state: Any) -> None:
-        print(f"run directory: {state.run.run_dir}", flush=True)
+        if state.run.rank == 0:   # under torchrun every rank runs this verb: say it once
+            print(f"run directory: {state.run.run_dir}", flush=True)
 
     result = fit(recipe, cfg, run_dir=run_dir, callbacks=(announce,), resume=checkpoint,
                  name=entry.name)
-    if result.status == "failed":
+    quiet = result.state is not None and result.state.run.rank != 0   # torchrun: rank 0 says it
+    if result.status == "failed" and not quiet:
         print(f"error: training failed: {result.error['message']}\n"
               f"  where: {result.run_dir}/metrics.json (status failed; checkpoints from before "
               f"are intact)", file=sys.stderr)
+    if result.status == "failed":
         return EXIT_FAILED
-    if result.status == "interrupted":
+    if result.status == "interrupted" and not quiet:
         print(f"stopped by a signal; resume with: python -m engine run {entry.name} --resume "
               f"{result.run_dir}", file=sys.stderr)
+    if result.status == "interrupted":
         return EXIT_SIGNAL
     return EXIT_OK
 
@@ -179,7 +183,7 @@ def cmd_run(args: Any) -> int:
 def _check_writable(root: Path, output_dir: str) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
+        probe = root / f".write-test-{os.getpid()}"   # torchrun's ranks probe at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -198,10 +202,14 @@ def cmd_check(args: Any) -> int:
 def cmd_new(args: Any) -> int:
     from engine import scaffold
     from engine.registry import FILENAME, find_registry
-    try:
-        registry = find_registry(args.recipes)
-    except UserError:
-        registry = Path.cwd() / FILENAME
+    named = args.recipes or os.environ.get("ENGINE_RECIPES")
+    if named:
+        registry = Path(named)   # `new` creates the file when it does not exist yet
+    else:
+        try:
+            registry = find_registry()
+        except UserError:
+            registry = Path.cwd() / FILENAME
     return scaffold.cli(args.name, args.kind, registry)
 
 

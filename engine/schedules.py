@@ -9,9 +9,13 @@ named `steps_per_epoch` is called with the number of optimizer steps per epoch
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # engine.recipe imports this module: import Schedule lazily at run time
+    from engine.recipe import Schedule
 
 
 def adam(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -92,14 +96,15 @@ def warmup_cosine_factor(step: int, warmup: int, total: int, floor: float) -> fl
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _factor_fn(warmup: int, total: int, floor: float):
+def _factor_fn(warmup: int, total: int, floor: float) -> Callable[[int], float]:
     # a plain function (not a partial): LambdaLR's state_dict then stores None for it
     def factor(step: int) -> float:
         return warmup_cosine_factor(step, warmup, total, floor)
     return factor
 
 
-def warmup_cosine(cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def warmup_cosine(cfg: Any, optimizer: torch.optim.Optimizer,
+                  steps_per_epoch: int) -> Schedule:
     """Linear warmup over `train.warmup_steps` optimizer steps, then cosine decay to
     `train.min_lr` at the last optimizer step (`train.epochs * steps_per_epoch` in all).
 
@@ -124,7 +129,7 @@ def warmup_cosine(cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: i
     return Schedule(scheduler, "step")
 
 
-def step_decay(cfg: Any, optimizer: torch.optim.Optimizer):
+def step_decay(cfg: Any, optimizer: torch.optim.Optimizer) -> Schedule:
     """Multiply the rate by `train.gamma` every `train.step_size` epochs (stepped per epoch)."""
     from engine.recipe import Schedule
 

@@ -16,6 +16,10 @@ from typing import Any
 import attrs
 import torch
 
+# the history's columns every run has; recipes' metrics add `val_<name>` columns
+COLUMNS = ("epoch", "train_loss", "val_loss", "learning_rate", "grad_norm", "clipped_fraction",
+           "nonfinite_steps")
+
 
 @attrs.frozen
 class Run:
@@ -66,7 +70,7 @@ class LoopState:
     epoch: int = 0
     step: int = 0
     batch: int = 0
-    history: Mapping[str, tuple] = attrs.field(factory=dict)
+    history: Mapping[str, tuple] = attrs.field(factory=lambda: dict.fromkeys(COLUMNS, ()))
     best_val_loss: float | None = None
     best_epoch: int | None = None
     bad_validations: int = 0
