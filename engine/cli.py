@@ -181,16 +181,20 @@ def cmd_run(args: Any) -> int:
 
 
 def _check_writable(root: Path, output_dir: str) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"   # torchrun's ranks probe at once
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
+    """Fail before training when the runs folder cannot be made; create nothing (fit makes the
+    run directory only once the preflight passed)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable by this user"
+    if problem:
         raise UserError("the output directory cannot be written",
                         where=f'train.output_dir = "{output_dir}"',
-                        expected="a folder this user can create files in",
-                        found=f"{exc.strerror or exc}: {exc.filename or root}") from None
+                        expected="a folder this user can create files in", found=problem)
 
 
 def cmd_check(args: Any) -> int:

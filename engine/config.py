@@ -328,8 +328,9 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
             field.validator(cfg, field, value)
         except Exception as exc:  # a validator's own message names the rule
             rule = RANGES.get(field.name, (None, None))[1] if type(cfg) is TrainConfig else None
+            kind = "invalid value" if isinstance(value, str) else "config value out of range"
             errors.append(UserError(
-                f"config value out of range for '{'.'.join(path)}'", where=where(path),
+                f"{kind} for '{'.'.join(path)}'", where=where(path),
                 expected=rule or str(exc), found=f"{field.name} = {_toml_value(value)}"))
     return errors
 

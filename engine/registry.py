@@ -59,37 +59,40 @@ def find_registry(explicit: str | Path | None = None) -> Path:
                     "or set ENGINE_RECIPES")
 
 
+def _entry(name: str, table: Any, path: Path) -> Entry:
+    """One entry of recipes.toml, checked for shape."""
+    if not isinstance(table, dict):
+        raise UserError(f"recipes.toml entry '{name}' is not a table", where=f"{path}",
+                        expected=f"[{name}] with recipe = \"module:attribute\"",
+                        found=f"{name} = {describe_value(table)}")
+    if "recipe" not in table:
+        raise UserError(f"recipe '{name}' has no import path", where=f"{path} [{name}]",
+                        expected='recipe = "package.module:attribute"',
+                        found="keys " + ", ".join(table) if table else "an empty table")
+    path_value = table["recipe"]
+    if not isinstance(path_value, str) or ":" not in path_value:
+        raise UserError(f"recipe '{name}' has an invalid import path",
+                        where=f"{path} [{name}] recipe", expected='"package.module:attribute"',
+                        found=describe_value(path_value))
+    defaults = {k: v for k, v in table.items() if k not in ENTRY_KEYS}
+    return Entry(name, path_value, str(table.get("description", "")), defaults, path)
+
+
 def read_registry(path: Path) -> dict[str, Entry]:
-    """Every entry of recipes.toml, checked for shape."""
-    data = read_toml(path, "recipes file")
-    entries = {}
-    for name, table in data.items():
-        if not isinstance(table, dict):
-            raise UserError(f"recipes.toml entry '{name}' is not a table", where=f"{path}",
-                            expected=f"[{name}] with recipe = \"module:attribute\"",
-                            found=f"{name} = {describe_value(table)}")
-        if "recipe" not in table:
-            raise UserError(f"recipe '{name}' has no import path", where=f"{path} [{name}]",
-                            expected='recipe = "package.module:attribute"',
-                            found="keys " + ", ".join(table) if table else "an empty table")
-        path_value = table["recipe"]
-        if not isinstance(path_value, str) or ":" not in path_value:
-            raise UserError(f"recipe '{name}' has an invalid import path",
-                            where=f"{path} [{name}] recipe", expected='"package.module:attribute"',
-                            found=describe_value(path_value))
-        defaults = {k: v for k, v in table.items() if k not in ENTRY_KEYS}
-        entries[name] = Entry(name, path_value, str(table.get("description", "")), defaults, path)
-    return entries
+    """Every entry of recipes.toml, each checked for shape (the first bad one is raised)."""
+    return {name: _entry(name, table, path) for name, table in
+            read_toml(path, "recipes file").items()}
 
 
 def find_entry(name: str, path: Path) -> Entry:
-    entries = read_registry(path)
-    if name not in entries:
-        known = sorted(entries)
+    """The entry `name`; a mistake in another entry does not stop this one from running."""
+    tables = read_toml(path, "recipes file")
+    if name not in tables:
+        known = sorted(tables)
         raise UserError(f"unknown recipe '{name}'", where=str(path),
                         expected="one of " + (", ".join(known) or "(no recipes registered)"),
                         found=name, hint=close_match(name, known))
-    return entries[name]
+    return _entry(name, tables[name], path)
 
 
 def import_recipe(entry: Entry) -> Any:

@@ -89,7 +89,8 @@ def test_every_mistake_is_reported_at_once():
 ])
 def test_out_of_range_values(key, value):
     (error,) = errors_of([entry({"train": {key: value}})])
-    assert error.what == f"config value out of range for 'train.{key}'"
+    kind = "invalid value" if isinstance(value, str) else "config value out of range"
+    assert error.what == f"{kind} for 'train.{key}'"
     assert error.where == "recipes.toml [demo.train]"
     assert error.found.startswith(f"{key} = ")
 
