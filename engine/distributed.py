@@ -93,9 +93,23 @@ def rebuild_loader(loader: Any, *, sampler: Any = None, pin_memory: bool | None 
 
 
 def shard(loader: Any, world: World, seed: int, which: str) -> Any:
-    """`loader` over a DistributedSampler: each rank reads its own share of the data."""
+    """`loader` over its rank's share of the data.
+
+    Training: a DistributedSampler, which pads the data so that every rank takes the same
+    number of steps (DDP's collectives must match). Validation: rank r reads samples r, r + N,
+    ... with no padding, so the means summed over ranks count every sample exactly once (the
+    loop validates the unwrapped model: no collective inside, uneven shares are fine).
+    """
     if not world.active or not isinstance(loader, DataLoader):
         return loader
+    if which == "val":
+        n = len(loader.dataset)
+        if n < world.world_size:
+            raise UserError("the validation set is smaller than the number of processes",
+                            where="build_loaders", expected=f"at least {world.world_size} "
+                            "validation samples (one per rank)", found=f"{n} samples")
+        return rebuild_loader(loader, sampler=range(world.rank, n, world.world_size),
+                              which=which)
     shuffle = isinstance(loader.sampler, RandomSampler)
     sampler = DistributedSampler(loader.dataset, num_replicas=world.world_size, rank=world.rank,
                                  shuffle=shuffle, seed=seed, drop_last=loader.drop_last)
@@ -106,6 +120,15 @@ def set_epoch(loader: Any, epoch: int) -> None:
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)
+
+
+def from_main(value: Any, world: World) -> Any:
+    """Rank 0's `value` on every rank (a picklable object; one broadcast)."""
+    if not world.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
