@@ -110,3 +110,14 @@ def test_import_engine_writes_nothing(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_import_engine_leaves_torch_unloaded():
+    """`python -m engine` sets OpenMP's wait policy before torch loads (PITFALLS: spinning
+    threads on a busy 2-core machine made a 35 s run take 240 s); engine's names load lazily."""
+    done = subprocess.run([sys.executable, "-c", "import sys, engine; "
+                           "assert 'torch' not in sys.modules; engine.fit; "
+                           "assert 'torch' in sys.modules"],
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
