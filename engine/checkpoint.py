@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pickle
 import random
+import re
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -46,6 +46,16 @@ def set_rng_state(state: dict) -> None:
         import numpy as np
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+_EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def epoch_files(folder: str | Path) -> list[Path]:
+    """The `epoch-NNNN.pt` checkpoints (train.keep_last) in `folder`, oldest epoch first."""
+    found = [(int(m.group(1)), p) for p in Path(folder).iterdir()
+             if (m := _EPOCH_FILE.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
 
 
 def to_bytes(checkpoint: dict) -> bytes:
@@ -82,7 +92,8 @@ def load(path: str | Path) -> dict:
                         expected="a complete checkpoint written by the engine",
                         found=first[:200]) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
-        keys = ", ".join(map(str, list(data)[:8])) if isinstance(data, dict) else type(data).__name__
+        keys = (", ".join(map(str, list(data)[:8])) if isinstance(data, dict)
+                else type(data).__name__)
         raise UserError("not an engine checkpoint", where=where,
                         expected=f"a dict with format = {FORMAT}, model, optimizer, loop, rng",
                         found=keys)

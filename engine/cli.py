@@ -143,9 +143,14 @@ def cmd_run(args: Any) -> int:
                                      sets=sets, base=plan.base_config,
                                      base_source=plan.base_source)
         if plan.finished(cfg):
-            print(f"run {plan.run_dir or args.resume} already completed "
-                  f"{plan.epochs_done} of {cfg.train.epochs} epochs: nothing to do "
-                  f"(raise it with --set train.epochs=N)")
+            if plan.epochs_done < cfg.train.epochs:
+                print(f"run {plan.run_dir or args.resume} was ended by early stopping after "
+                      f"{plan.epochs_done} epochs: nothing to do (raise "
+                      f"train.early_stopping_patience with --set to go on)")
+            else:
+                print(f"run {plan.run_dir or args.resume} already completed "
+                      f"{plan.epochs_done} of {cfg.train.epochs} epochs: nothing to do "
+                      f"(raise it with --set train.epochs=N)")
             return EXIT_OK
         run_dir = plan.run_dir
         checkpoint = plan.checkpoint

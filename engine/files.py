@@ -52,3 +52,16 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `NAME.tmp` files that a killed write left in a run directory (and its
+    `checkpoints/`); a resumed run calls it, so no half-written file outlives the kill."""
+    folder = Path(folder)
+    removed = []
+    for sub in (folder, folder / "checkpoints"):
+        for path in sub.glob("*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

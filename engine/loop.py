@@ -32,8 +32,15 @@ from engine.errors import UserError, describe_value
 from engine.events import Event, listeners
 from engine.recipe import Loaders, Recipe, Schedule, StepContext
 from engine.signals import StopRequest
-from engine.state import (EpochTotals, LoopState, Run, loop_state_dict, loop_state_from_dict,
-                          record_validation, should_validate)
+from engine.state import (
+    EpochTotals,
+    LoopState,
+    Run,
+    loop_state_dict,
+    loop_state_from_dict,
+    record_validation,
+    should_validate,
+)
 
 
 @attrs.frozen
@@ -79,6 +86,8 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
                         hint='use precision = "bf16" on CPU')
     world = distributed.init(world, device)
     try:
+        # each rank's caller made its own run id: rank 0's names the run on every rank
+        run_dir = distributed.from_main(run_dir, world)
         return _fit(recipe, cfg, world, device, run_dir, tuple(callbacks), resume,
                     name or recipe.name)
     finally:
@@ -117,6 +126,9 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
                 raise UserError("the run directory cannot be created", where=str(run_dir),
                                 expected="a folder this user can write",
                                 found=exc.strerror or str(exc)) from None
+            if resume is not None:
+                from engine.files import remove_temporaries
+                remove_temporaries(run_dir)   # what a kill during a write left behind
     run = Run(recipe=recipe, cfg=cfg, model=model, train_model=train_model, optimizer=optimizer,
               schedule=schedule, scaler=steps.make_scaler(device, train.precision),
               loaders=loaders, device=device, run_dir=run_dir, run_id=run_id, name=name,
@@ -128,6 +140,8 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
     writers = builtin.standard(run) if (run_dir is not None and world.is_main) else ()
     table = listeners((*writers, *recipe.callbacks, *extra_callbacks))
     book = _Book(run, world)
+    if resume is not None:
+        book.best_weights = _best_weights_beside(resume, state)
     stop = StopRequest().install()
     try:
         _emit(table, Event.FIT_START, state)
@@ -148,6 +162,12 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
     except Exception as exc:
         where = _recipe_function(exc, recipe)
         message = f"{where} raised {type(exc).__name__}: {exc}"
+        if world.active and where.endswith("(called from the loop)"):
+            # under torchrun a collective breaks here when another rank died: its own error is
+            # on its stderr; say so rather than blame this rank's recipe
+            message = (f"rank {world.rank}: a collective failed, most likely because another "
+                       f"rank stopped (its error is in torchrun's output): "
+                       f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}")
         state = _failed(book.state, book.state.epoch, book.state.step, message,
                         "".join(traceback.format_exception(exc)))
         _emit_quietly(table, Event.FAILURE, state)
@@ -209,7 +229,9 @@ def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) ->
         _emit(table, Event.EPOCH_END, state)
         if state.status == "early_stopped":
             break
-        if distributed.any_rank(stop.count > 0, world, run.device):
+        # a stop that arrives during the last epoch's end leaves nothing to resume: completed
+        if epoch + 1 < train.epochs and distributed.any_rank(stop.count > 0, world,
+                                                             run.device):
             return attrs.evolve(state, status="interrupted")
     return state
 
@@ -260,7 +282,9 @@ def _train_epoch(run: Run, state: LoopState, table, book, stop, world, resume_rn
         loss = out if isinstance(out, torch.Tensor) else out.loss
         boundary = accum == 1 or (batch_i + 1) % accum == 0 or batch_i + 1 == n_batches
         batch_i += 1
-        if check_each_step and not torch.isfinite(loss):
+        # skip / rollback: under DDP every rank skips together (a collective per step, in the
+        # sync the user opted into), or the ranks' gradient reductions go out of step
+        if check_each_step and distributed.any_rank(not torch.isfinite(loss), world, device):
             state = book.nonfinite_step(attrs.evolve(state, step=step, batch=batch_i), epoch)
             continue
         # --- backward, and an optimizer step every `accum` batches
@@ -304,7 +328,6 @@ class _Book:
         self.state = LoopState(run=run)
         self.best_weights: dict | None = None
         self.rollback_point: dict | None = None
-        self.keep: list[Path] = []
 
     def window_start(self, state: LoopState) -> None:
         self.losses.clear()
@@ -332,14 +355,21 @@ class _Book:
         for value in norms:
             norm_sum += value
             clipped += clip > 0 and value > clip
-        totals = attrs.evolve(t, loss_sum=loss_sum, losses=t.losses + len(losses),
-                              norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped)
+        n_losses = len(losses)
         recent = sum(losses) / len(losses) if losses else state.recent_loss
+        flags = distributed.all_sum([float(bad_at is not None),
+                                     float(stop.count > 0 and not epoch_end),
+                                     sum(losses), float(n_losses)],
+                                    self.world, self.run.device)
+        if self.world.active:
+            # every rank records the mean over all ranks' batches: the window's losses are
+            # summed in the same collective as the flags
+            loss_sum, n_losses = t.loss_sum + flags[2], int(flags[3])
+            recent = flags[2] / flags[3] if flags[3] else state.recent_loss
+        totals = attrs.evolve(t, loss_sum=loss_sum, losses=t.losses + n_losses,
+                              norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped)
         state = attrs.evolve(state, totals=totals, recent_loss=recent)
         self.state = state
-        flags = distributed.all_sum([float(bad_at is not None),
-                                     float(stop.count > 0 and not epoch_end)],
-                                    self.world, self.run.device)
         if flags[0]:
             accum = train.grad_accum_steps
             at = first + (bad_at // accum if bad_at is not None else 0)
@@ -418,11 +448,10 @@ class _Book:
                   attrs.evolve(state, checkpoint_path=str(folder / "best.pt")))
         ckpt.save(folder / "last.pt", data)
         if train.keep_last:
-            kept = folder / f"epoch-{state.epoch:04d}.pt"
-            ckpt.save(kept, data)
-            self.keep.append(kept)
-            while len(self.keep) > train.keep_last:
-                self.keep.pop(0).unlink(missing_ok=True)
+            ckpt.save(folder / f"epoch-{state.epoch:04d}.pt", data)
+            # from the folder, not from memory: a resumed run counts the files written before
+            for old in ckpt.epoch_files(folder)[:-train.keep_last]:
+                old.unlink(missing_ok=True)
         state = attrs.evolve(state, checkpoint_path=str(folder / "last.pt"))
         _emit(table, Event.CHECKPOINT_WRITTEN, state)
         return state
@@ -430,7 +459,9 @@ class _Book:
 
 def _validate(run: Run, epoch: int, step: int, world) -> dict:
     """Mean loss and metrics over all validation samples (across ranks), weighted by batch size."""
-    model, device = run.train_model, run.device
+    # under DDP the plain module: DDP's forward may broadcast buffers (a collective), and the
+    # ranks' validation shares may differ by a batch
+    model, device = (run.model if world.active else run.train_model), run.device
     move = run.recipe.move_batch and device.type != "cpu"
     ctx = StepContext(device, False, epoch, step, run.rank, run.world_size)
     autocast = steps.autocast(device, run.cfg.train.precision)
@@ -558,6 +589,18 @@ def _restore(run: Run, path: str | Path) -> tuple[LoopState, Any]:
     state = attrs.evolve(state, totals=EpochTotals(**totals) if totals else EpochTotals(),
                          epoch_rng=data.get("epoch_rng"))
     return state, data["rng"]
+
+
+def _best_weights_beside(path: str | Path, state: LoopState) -> dict | None:
+    """A resumed run's best weights so far, from the best.pt beside its checkpoint, so that the
+    returned model is the best one even when the resume never improves on it."""
+    best = Path(path).with_name("best.pt")
+    if state.best_epoch is None or not best.is_file():
+        return None
+    data = ckpt.load(best)
+    if (data.get("loop") or {}).get("best_epoch") != state.best_epoch:
+        return None
+    return data["model"]
 
 
 def _load_objects(run: Run, data: dict) -> None:

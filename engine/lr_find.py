@@ -25,6 +25,7 @@ import attrs
 import torch
 
 from engine.errors import UserError
+from engine.files import atomic_write_bytes
 
 
 @attrs.frozen
@@ -147,7 +148,10 @@ def plot(result: LRFindResult, path: Path, title: str) -> None:
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        import io
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        atomic_write_bytes(path, buffer.getvalue())
     finally:
         plt.close(fig)
 

@@ -25,9 +25,17 @@ class ResumePlan:
     base_source: str
     epochs_done: int
     mid_epoch: bool
+    early_stopped: bool = False
+    bad_validations: int = 0
 
     def finished(self, cfg: Any) -> bool:
-        return not self.mid_epoch and self.epochs_done >= cfg.train.epochs
+        """Nothing left to run: every epoch done, or early stopping ended the run and its
+        patience (which `--set train.early_stopping_patience` may raise) is still used up."""
+        if self.mid_epoch:
+            return False
+        patience = cfg.train.early_stopping_patience
+        stopped = self.early_stopped and 0 < patience <= self.bad_validations
+        return stopped or self.epochs_done >= cfg.train.epochs
 
 
 def plan(path: str | Path, name: str) -> ResumePlan:
@@ -60,4 +68,6 @@ def plan(path: str | Path, name: str) -> ResumePlan:
     loop = data.get("loop") or {}
     return ResumePlan(checkpoint=checkpoint, run_dir=run_dir, base_config=base,
                       base_source=source, epochs_done=int(loop.get("epoch", 0)),
-                      mid_epoch=int(loop.get("batch", 0)) > 0)
+                      mid_epoch=int(loop.get("batch", 0)) > 0,
+                      early_stopped=loop.get("status") == "early_stopped",
+                      bad_validations=int(loop.get("bad_validations", 0)))

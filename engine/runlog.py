@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from engine.files import atomic_write_text
+
 LOGGER = logging.getLogger("engine")
 
 _INI = """[logger]
@@ -38,7 +40,7 @@ DEFAULT = RESET
 def start(run_dir: Path) -> None:
     """Send the log to `run_dir/train.log` (and the console); write `run_dir/beautilog.ini`."""
     ini = run_dir / "beautilog.ini"
-    ini.write_text(_INI, encoding="utf-8")
+    atomic_write_text(ini, _INI)
     log_path = str((run_dir / "train.log").resolve())
     root = logging.getLogger()
     if hasattr(root, "update_log_file_path"):
