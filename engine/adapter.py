@@ -23,7 +23,8 @@ import attrs
 import torch
 
 import steps
-from engine import loop
+from engine import building, loop
+from engine.book import Book
 from engine.distributed import World
 from engine.errors import UserError, describe_value
 from engine.events import listeners
@@ -42,7 +43,7 @@ class BaseTrainer:
 
     def __init__(self, recipe: Any, cfg: Any, *, run_dir: str | Path | None = None,
                  name: str | None = None) -> None:
-        loop._check_inputs(recipe, cfg)
+        building.check_inputs(recipe, cfg)
         self.recipe, self.cfg, self.name = recipe, cfg, name or recipe.name
         self._run_dir = Path(run_dir) if run_dir is not None else None
         self._result: loop.RunResult | None = None
@@ -129,7 +130,7 @@ class BaseTrainer:
         after epoch `epoch` (0-based); returns last.pt's path."""
         run = attrs.evolve(self._run(), run_dir=self.run_dir, run_id=self.run_dir.name)
         state = attrs.evolve(self._state(), run=run, epoch=epoch + 1, batch=0)
-        loop._Book(run, World()).save_epoch_end(state, improved=is_best, table=listeners(()))
+        Book(run, World()).save_epoch_end(state, improved=is_best, table=listeners(()))
         return self.run_dir / "checkpoints" / "last.pt"
 
     def save_model(self) -> Path:
@@ -208,14 +209,14 @@ def _build(recipe: Any, cfg: Any, name: str) -> Run:
     """The run's objects as fit builds them (same order from the same seed), untrained."""
     from engine.devices import resolve_device
     train = cfg.train
-    loop._seed_everything(train.seed)
+    building.seed_everything(train.seed)
     device = resolve_device(train.device)
-    model = loop._call(recipe, "build_model", cfg).to(device)
-    loaders = loop._call(recipe, "build_loaders", cfg)
-    optimizer = loop._call(recipe, "build_optimizer", cfg, model)
+    model = building.call_recipe(recipe, "build_model", cfg).to(device)
+    loaders = building.call_recipe(recipe, "build_loaders", cfg)
+    optimizer = building.call_recipe(recipe, "build_optimizer", cfg, model)
     per_epoch = math.ceil(len(loaders.train) / train.grad_accum_steps)
     return Run(recipe=recipe, cfg=cfg, model=model, train_model=model, optimizer=optimizer,
-               schedule=loop._build_schedule(recipe, cfg, optimizer, per_epoch),
+               schedule=building.build_schedule(recipe, cfg, optimizer, per_epoch),
                scaler=steps.make_scaler(device, train.precision), loaders=loaders,
                device=device, name=name)
 

@@ -12,11 +12,7 @@ so it adds no host sync to a hand-written loop.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import random
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,17 +23,26 @@ import torch
 import steps
 from engine import checkpoint as ckpt
 from engine import distributed
+from engine.book import Book, StopRequested, TrainingFailed, emit
+from engine.building import (
+    best_weights_beside,
+    build_schedule,
+    call_recipe,
+    check_inputs,
+    prepare_loaders,
+    restore,
+    seed_everything,
+    where_in_recipe,
+)
 from engine.devices import resolve_device
 from engine.errors import UserError, describe_value
 from engine.events import Event, listeners
-from engine.recipe import Loaders, Recipe, Schedule, StepContext
+from engine.recipe import Recipe, StepContext
 from engine.signals import StopRequest
 from engine.state import (
     EpochTotals,
     LoopState,
     Run,
-    loop_state_dict,
-    loop_state_from_dict,
     record_validation,
     should_validate,
 )
@@ -60,24 +65,12 @@ class RunResult:
     state: LoopState | None = None
 
 
-class _Failed(Exception):
-    """Training failed in a way the loop detected (a non-finite loss)."""
-
-    def __init__(self, message: str, epoch: int, step: int) -> None:
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
-
-class _Stopped(Exception):
-    """A stop signal arrived; the loop stopped at a step boundary."""
-
-
 def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callbacks: tuple = (),
         resume: str | Path | None = None, name: str | None = None) -> RunResult:
     """Train `recipe` with `cfg`. With `run_dir`, write every file of a run there (created if
     missing); without, write nothing and keep the best weights in memory. `resume` names a
     checkpoint to continue from. `name` is the registry key (defaults to `recipe.name`)."""
-    _check_inputs(recipe, cfg)
+    check_inputs(recipe, cfg)
     world = distributed.from_env()
     device = resolve_device(cfg.train.device, world.local_rank if world.active else None)
     if cfg.train.precision == "fp16" and device.type != "cuda":
@@ -100,17 +93,18 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
 
     train = cfg.train
     # --- set up: everything a mistake can break happens before the run directory exists
-    _seed_everything(train.seed)
-    model = _call(recipe, "build_model", cfg)
+    seed_everything(train.seed)
+    model = call_recipe(recipe, "build_model", cfg)
     if not isinstance(model, torch.nn.Module):
-        raise UserError("build_model did not return a torch.nn.Module", where=_where(recipe,
-                        "build_model"), expected="an nn.Module", found=describe_value(model))
-    loaders = _call(recipe, "build_loaders", cfg)
-    loaders = _prepare_loaders(recipe, loaders, world, device, train.seed)
+        raise UserError("build_model did not return a torch.nn.Module",
+                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
+                        found=describe_value(model))
+    loaders = call_recipe(recipe, "build_loaders", cfg)
+    loaders = prepare_loaders(recipe, loaders, world, device, train.seed)
     model.to(device)
-    optimizer = _call(recipe, "build_optimizer", cfg, model)
+    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
     steps_per_epoch = math.ceil(len(loaders.train) / train.grad_accum_steps)
-    schedule = _build_schedule(recipe, cfg, optimizer, steps_per_epoch)
+    schedule = build_schedule(recipe, cfg, optimizer, steps_per_epoch)
     preflight.first_batch_check(recipe, cfg, model, loaders, device)
     train_model = distributed.wrap(model, world, device)
     if train.compile:
@@ -135,23 +129,23 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
               rank=world.rank, world_size=world.world_size)
     state, resume_rng = LoopState(run=run), None
     if resume is not None:
-        state, resume_rng = _restore(run, resume)
+        state, resume_rng = restore(run, resume)
 
     writers = builtin.standard(run) if (run_dir is not None and world.is_main) else ()
     table = listeners((*writers, *recipe.callbacks, *extra_callbacks))
-    book = _Book(run, world)
+    book = Book(run, world)
     if resume is not None:
-        book.best_weights = _best_weights_beside(resume, state)
+        book.best_weights = best_weights_beside(resume, state)
     stop = StopRequest().install()
     try:
-        _emit(table, Event.FIT_START, state)
+        emit(table, Event.FIT_START, state)
         state = _epochs(run, state, table, book, stop, world, resume_rng)
-    except _Stopped:
+    except StopRequested:
         state = attrs.evolve(book.state, status="interrupted")
         state = book.save_last(state, mid_epoch=True, table=table)
-    except _Failed as failure:
+    except TrainingFailed as failure:
         state = _failed(book.state, failure.epoch, failure.step, str(failure), None)
-        _emit(table, Event.FAILURE, state)
+        emit(table, Event.FAILURE, state)
     except KeyboardInterrupt:
         # a second signal: stop now; files on disk are whole (atomic writes)
         state = attrs.evolve(book.state, status="interrupted")
@@ -177,14 +171,14 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
         stop.restore()
     if state.status == "running":
         state = attrs.evolve(state, status="completed")
-    _emit(table, Event.FIT_END, state)
+    emit(table, Event.FIT_END, state)
     return _result(run, state, book)
 
 
 def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) -> LoopState:
     train = run.cfg.train
     if train.nan_policy == "rollback" and book.rollback_point is None:
-        book.rollback_point = book._snapshot()   # before the first epoch ends: the start
+        book.rollback_point = book.snapshot()   # before the first epoch ends: the start
     if resume_rng is not None and state.batch == 0:
         # restored here, after FIT_START's observers, so that they cannot shift the RNG
         ckpt.set_rng_state(resume_rng)
@@ -196,7 +190,7 @@ def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) ->
             state = attrs.evolve(state, epoch=epoch, epoch_rng=ckpt.rng_state(),
                                  totals=EpochTotals(lr=run.optimizer.param_groups[0]["lr"]))
         book.state = state
-        _emit(table, Event.EPOCH_START, state)
+        emit(table, Event.EPOCH_START, state)
         state = _train_epoch(run, state, table, book, stop, world,
                              resume_rng if mid_epoch else None)
         resume_rng = None
@@ -206,7 +200,7 @@ def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) ->
         if should_validate(epoch, train.epochs, train.validate_every_n_epochs):
             val = _validate(run, epoch, state.step, world)
             if not math.isfinite(val["val_loss"]):
-                raise _Failed(f"non-finite validation loss ({val['val_loss']}) after epoch "
+                raise TrainingFailed(f"non-finite validation loss ({val['val_loss']}) after epoch "
                               f"{epoch + 1}", epoch, state.step)
             row = {"epoch": epoch, "train_loss": _mean(totals.loss_sum, totals.losses),
                    "val_loss": val.pop("val_loss"), "learning_rate": totals.lr,
@@ -225,8 +219,8 @@ def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) ->
         state = book.save_epoch_end(state, improved=row is not None and state.improved,
                                     table=table)
         if row is not None:
-            _emit(table, Event.VALIDATION_END, state)
-        _emit(table, Event.EPOCH_END, state)
+            emit(table, Event.VALIDATION_END, state)
+        emit(table, Event.EPOCH_END, state)
         if state.status == "early_stopped":
             break
         # a stop that arrives during the last epoch's end leaves nothing to resume: completed
@@ -316,147 +310,6 @@ def _train_epoch(run: Run, state: LoopState, table, book, stop, world, resume_rn
     return state
 
 
-class _Book:
-    """The loop's bookkeeping between host syncs: the device-side loss and gradient-norm
-    windows, the latest state (for failure reports) and checkpoint writing."""
-
-    def __init__(self, run: Run, world) -> None:
-        self.run, self.world = run, world
-        self.params = [p for g in run.optimizer.param_groups for p in g["params"]]
-        self.losses: list[torch.Tensor] = []
-        self.norms: list[torch.Tensor] = []
-        self.state = LoopState(run=run)
-        self.best_weights: dict | None = None
-        self.rollback_point: dict | None = None
-
-    def window_start(self, state: LoopState) -> None:
-        self.losses.clear()
-        self.norms.clear()
-        self.state = state
-
-    def read(self, state: LoopState, epoch: int, stop: StopRequest,
-             epoch_end: bool = False) -> LoopState:
-        """Move the window's figures to the host, add them to the epoch totals, and act on a
-        non-finite loss or a stop request."""
-        train = self.run.cfg.train
-        losses = torch.stack(self.losses).tolist() if self.losses else []
-        norms = torch.stack(self.norms).float().tolist() if self.norms else []
-        first = state.step - len(norms)
-        self.losses.clear()
-        self.norms.clear()
-        t = state.totals
-        loss_sum, bad_at = t.loss_sum, None
-        for i, value in enumerate(losses):
-            if bad_at is None and not math.isfinite(value):
-                bad_at = i
-            loss_sum += value
-        norm_sum, clipped = t.norm_sum, t.clipped
-        clip = train.gradient_clip_value
-        for value in norms:
-            norm_sum += value
-            clipped += clip > 0 and value > clip
-        n_losses = len(losses)
-        recent = sum(losses) / len(losses) if losses else state.recent_loss
-        flags = distributed.all_sum([float(bad_at is not None),
-                                     float(stop.count > 0 and not epoch_end),
-                                     sum(losses), float(n_losses)],
-                                    self.world, self.run.device)
-        if self.world.active:
-            # every rank records the mean over all ranks' batches: the window's losses are
-            # summed in the same collective as the flags
-            loss_sum, n_losses = t.loss_sum + flags[2], int(flags[3])
-            recent = flags[2] / flags[3] if flags[3] else state.recent_loss
-        totals = attrs.evolve(t, loss_sum=loss_sum, losses=t.losses + n_losses,
-                              norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped)
-        state = attrs.evolve(state, totals=totals, recent_loss=recent)
-        self.state = state
-        if flags[0]:
-            accum = train.grad_accum_steps
-            at = first + (bad_at // accum if bad_at is not None else 0)
-            raise _Failed(f"non-finite training loss at epoch {epoch + 1}, step {at + 1}",
-                          epoch, at)
-        if flags[1]:
-            raise _Stopped()
-        return state
-
-    def nonfinite_step(self, state: LoopState, epoch: int) -> LoopState:
-        """skip / rollback: drop this batch's update (rollback: reload the last checkpoint)."""
-        run, step = self.run, state.step
-        train = run.cfg.train
-        run.optimizer.zero_grad(set_to_none=True)
-        totals = state.totals
-        state = attrs.evolve(state, skipped_steps=state.skipped_steps + 1,
-                             totals=attrs.evolve(totals, nonfinite=totals.nonfinite + 1))
-        self.state = state
-        if state.skipped_steps > train.max_skipped_steps:
-            raise _Failed(f"non-finite training loss at epoch {epoch + 1}, step {step + 1}: "
-                          f"{state.skipped_steps} non-finite steps, more than "
-                          f"train.max_skipped_steps = {train.max_skipped_steps}", epoch, step)
-        if train.nan_policy == "rollback":
-            _load_objects(run, self.rollback_point)
-        return state
-
-    def _snapshot(self) -> dict:
-        run = self.run
-        return copy.deepcopy({
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.schedule.scheduler.state_dict() if run.schedule else None,
-            "scaler": run.scaler.state_dict() if run.scaler else None})
-
-    # --- checkpoints ------------------------------------------------------------------------
-    def checkpoint(self, state: LoopState, *, mid_epoch: bool) -> dict:
-        from engine.config import to_dict
-        run = self.run
-        loop = loop_state_dict(state)
-        loop["totals"] = attrs.asdict(state.totals) if mid_epoch else None
-        return {
-            "format": ckpt.FORMAT, "recipe": run.name, "config": to_dict(run.cfg),
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.schedule.scheduler.state_dict() if run.schedule else None,
-            "scaler": run.scaler.state_dict() if run.scaler else None,
-            "loop": loop, "rng": ckpt.rng_state(),
-            "epoch_rng": state.epoch_rng if mid_epoch else None,
-            "world_size": run.world_size,
-        }
-
-    def save_last(self, state: LoopState, *, mid_epoch: bool, table) -> LoopState:
-        run = self.run
-        if run.run_dir is None or not self.world.is_main:
-            return state
-        path = run.run_dir / "checkpoints" / "last.pt"
-        ckpt.save(path, self.checkpoint(state, mid_epoch=mid_epoch))
-        state = attrs.evolve(state, checkpoint_path=str(path))
-        _emit(table, Event.CHECKPOINT_WRITTEN, state)
-        return state
-
-    def save_epoch_end(self, state: LoopState, *, improved: bool, table) -> LoopState:
-        """best.pt and model.pt when the validation improved, then last.pt (and keep_last)."""
-        run, train = self.run, self.run.cfg.train
-        if improved:
-            self.best_weights = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        if train.nan_policy == "rollback":
-            self.rollback_point = self._snapshot()
-        if run.run_dir is None or not self.world.is_main:
-            return state
-        data = ckpt.to_bytes(self.checkpoint(state, mid_epoch=False))
-        folder = run.run_dir / "checkpoints"
-        if improved:
-            ckpt.save(folder / "best.pt", data)
-            from engine.files import atomic_torch_save
-            atomic_torch_save(run.run_dir / "model.pt", run.model.state_dict())
-            _emit(table, Event.CHECKPOINT_WRITTEN,
-                  attrs.evolve(state, checkpoint_path=str(folder / "best.pt")))
-        ckpt.save(folder / "last.pt", data)
-        if train.keep_last:
-            ckpt.save(folder / f"epoch-{state.epoch:04d}.pt", data)
-            # from the folder, not from memory: a resumed run counts the files written before
-            for old in ckpt.epoch_files(folder)[:-train.keep_last]:
-                old.unlink(missing_ok=True)
-        state = attrs.evolve(state, checkpoint_path=str(folder / "last.pt"))
-        _emit(table, Event.CHECKPOINT_WRITTEN, state)
-        return state
-
-
 def _validate(run: Run, epoch: int, step: int, world) -> dict:
     """Mean loss and metrics over all validation samples (across ranks), weighted by batch size."""
     # under DDP the plain module: DDP's forward may broadcast buffers (a collective), and the
@@ -484,137 +337,12 @@ def _validate(run: Run, epoch: int, step: int, world) -> dict:
     return {k: figures[i] / figures[len(keys) + i] for i, k in enumerate(keys)}
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
 class RecipeFailed(Exception):
     """Recipe code raised during training: the run ended with status `failed` (exit code 1)."""
 
     def __init__(self, message: str, result: RunResult) -> None:
         super().__init__(message)
         self.result = result
-
-
-def _check_inputs(recipe: Any, cfg: Any) -> None:
-    if not isinstance(recipe, Recipe):
-        raise UserError("fit needs a Recipe", where="fit(recipe, ...)",
-                        expected="an engine.Recipe", found=describe_value(recipe))
-    if not isinstance(cfg, recipe.config):
-        raise UserError("the config does not belong to the recipe", where="fit(..., cfg)",
-                        expected=f"an instance of {recipe.config.__name__}",
-                        found=describe_value(cfg))
-    if not hasattr(cfg, "train"):
-        raise UserError("the recipe's config has no train table", where=recipe.config.__name__,
-                        expected="a field `train: TrainConfig`", found="no such field")
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    np = sys.modules.get("numpy")
-    if np is not None:
-        np.random.seed(seed % 2**32)
-
-
-def _where(recipe: Recipe, attr: str) -> str:
-    fn = getattr(recipe, attr)
-    module = getattr(fn, "__module__", "?")
-    return f"recipe '{recipe.name}' {attr} ({module}.{getattr(fn, '__qualname__', fn)})"
-
-
-def _call(recipe: Recipe, attr: str, *args: Any) -> Any:
-    """Call a recipe builder; an exception in it is the recipe's mistake (exit code 2)."""
-    try:
-        return getattr(recipe, attr)(*args)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{attr} raised {type(exc).__name__}", where=_where(recipe, attr),
-                        expected=f"{attr} to build from the config",
-                        found=f"{type(exc).__name__}: {exc}") from exc
-
-
-def _build_schedule(recipe: Recipe, cfg: Any, optimizer, steps_per_epoch: int) -> Any:
-    build = recipe.build_scheduler
-    if build is None:
-        return None
-    try:
-        takes_steps = "steps_per_epoch" in inspect.signature(build).parameters
-    except (TypeError, ValueError):
-        takes_steps = False
-    extra = (steps_per_epoch,) if takes_steps else ()
-    schedule = _call(recipe, "build_scheduler", cfg, optimizer, *extra)
-    if not isinstance(schedule, Schedule):
-        raise UserError("build_scheduler did not return a Schedule", where=_where(
-            recipe, "build_scheduler"), expected='Schedule(scheduler, interval="step"|"epoch"|'
-            '"validation")', found=describe_value(schedule))
-    return schedule
-
-
-def _prepare_loaders(recipe: Recipe, loaders: Any, world, device, seed: int) -> Loaders:
-    if not (hasattr(loaders, "train") and hasattr(loaders, "val")):
-        raise UserError("build_loaders did not return Loaders", where=_where(
-            recipe, "build_loaders"), expected="Loaders(train=DataLoader, val=DataLoader)",
-            found=describe_value(loaders))
-    train, val = loaders.train, loaders.val
-    for which, loader in (("training", train), ("validation", val)):
-        try:
-            size = len(loader)
-        except TypeError:
-            raise UserError(f"the {which} loader has no length", where=_where(
-                recipe, "build_loaders"), expected="a DataLoader over a sized dataset",
-                found=describe_value(loader)) from None
-        if size == 0:
-            dataset = getattr(loader, "dataset", None)
-            n = len(dataset) if hasattr(dataset, "__len__") else "?"
-            raise UserError(f"the {which} loader is empty", where=_where(recipe, "build_loaders"),
-                            expected="at least one batch",
-                            found=f"0 batches ({n} samples, batch_size "
-                                  f"{getattr(loader, 'batch_size', '?')}, drop_last "
-                                  f"{getattr(loader, 'drop_last', '?')})")
-    train = distributed.shard(train, world, seed, "train")
-    val = distributed.shard(val, world, seed, "val")
-    if device.type == "cuda" and recipe.move_batch:
-        # pinned host memory lets the copy to the GPU overlap with compute (non_blocking)
-        train = distributed.rebuild_loader(train, pin_memory=True)
-        val = distributed.rebuild_loader(val, pin_memory=True, which="val")
-    return Loaders(train=train, val=val)
-
-
-def _restore(run: Run, path: str | Path) -> tuple[LoopState, Any]:
-    data = ckpt.load(path)
-    ckpt.check_matches(data, path, run.name, run.model)
-    _load_objects(run, data)
-    state = loop_state_from_dict(data["loop"], run)
-    totals = data["loop"].get("totals")
-    state = attrs.evolve(state, totals=EpochTotals(**totals) if totals else EpochTotals(),
-                         epoch_rng=data.get("epoch_rng"))
-    return state, data["rng"]
-
-
-def _best_weights_beside(path: str | Path, state: LoopState) -> dict | None:
-    """A resumed run's best weights so far, from the best.pt beside its checkpoint, so that the
-    returned model is the best one even when the resume never improves on it."""
-    best = Path(path).with_name("best.pt")
-    if state.best_epoch is None or not best.is_file():
-        return None
-    data = ckpt.load(best)
-    if (data.get("loop") or {}).get("best_epoch") != state.best_epoch:
-        return None
-    return data["model"]
-
-
-def _load_objects(run: Run, data: dict) -> None:
-    run.model.load_state_dict(data["model"])
-    run.optimizer.load_state_dict(data["optimizer"])
-    if run.schedule is not None and data.get("scheduler") is not None:
-        run.schedule.scheduler.load_state_dict(data["scheduler"])
-    if run.scaler is not None and data.get("scaler") is not None:
-        run.scaler.load_state_dict(data["scaler"])
-
-
-def _emit(table, event: Event, state: LoopState) -> None:
-    for cb in table[event]:
-        cb(event, state)
 
 
 def _emit_quietly(table, event: Event, state: LoopState) -> None:
@@ -661,7 +389,7 @@ def _mean(total: float, n: int) -> float:
     return total / n if n else float("nan")
 
 
-def _result(run: Run, state: LoopState, book: _Book) -> RunResult:
+def _result(run: Run, state: LoopState, book: Book) -> RunResult:
     if book.best_weights is not None:
         run.model.load_state_dict(book.best_weights)
     return RunResult(
