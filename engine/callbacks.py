@@ -16,6 +16,8 @@ import math
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from engine import runlog
 from engine.events import Event
 from engine.files import atomic_write_text
@@ -119,8 +121,6 @@ class ProgressBar:
         self.shown_loss = None
 
     def __call__(self, event: Event, state: Any) -> None:
-        from tqdm import tqdm
-
         run = state.run
         train = run.cfg.train
         if event is Event.EPOCH_START:

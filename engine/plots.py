@@ -27,6 +27,7 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     history = metrics.get("history", {})
     epochs = [e + 1 for e in history.get("epoch", [])]   # people read epochs from 1
@@ -75,11 +76,17 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
     for ax in axes[:panels]:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        # few, whole-epoch ticks: each tick is a costly artist to build and draw
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
     for ax in axes[panels:]:
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout measured every label and cost more than drawing (0.18 s)
+    height = 3.4 * rows   # inches: margins in inches keep titles clear of the axes
+    fig.subplots_adjust(left=0.06 if cols == 3 else 0.1, right=0.98, bottom=0.55 / height,
+                        top=1 - (0.75 if title else 0.4) / height, wspace=0.28, hspace=0.45)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
