@@ -6,16 +6,18 @@ from __future__ import annotations
 import inspect
 import random
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+import steps
 from engine import checkpoint as ckpt
 from engine import distributed
 from engine.book import load_objects
-from engine.errors import UserError, describe_value
+from engine.errors import UserError, UserErrors, describe_value, raise_all
 from engine.recipe import Loaders, Recipe, Schedule
 from engine.state import EpochTotals, LoopState, Run, loop_state_from_dict
 
@@ -48,15 +50,35 @@ def where_in_recipe(recipe: Recipe, attr: str) -> str:
 
 
 def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
-    """Call a recipe builder; an exception in it is the recipe's mistake (exit code 2)."""
+    """Call a recipe builder; what it raises is the recipe's mistake (exit code 2), named by
+    function and line."""
     try:
         return getattr(recipe, attr)(*args)
-    except UserError:
+    except (UserError, UserErrors):
         raise
     except Exception as exc:
-        raise UserError(f"{attr} raised {type(exc).__name__}", where=where_in_recipe(recipe, attr),
-                        expected=f"{attr} to build from the config",
-                        found=f"{type(exc).__name__}: {exc}") from exc
+        frame = user_frame(exc)
+        raise UserError(f"{attr} raised {type(exc).__name__}",
+                        where=where_in_recipe(recipe, attr) + (f" at {frame}" if frame else ""),
+                        expected=f"{attr} to work from the config",
+                        found=first_line(exc)) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """`bad_recipes.py:67 in forward_batch`: the innermost frame outside torch and the engine."""
+    skip = [str(Path(m.__file__).parent) for m in (torch, steps) if getattr(m, "__file__", None)]
+    skip.append(str(Path(__file__).parent))   # the engine
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not any(frame.filename.startswith(s) for s in skip):
+            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return None
+
+
 
 
 def build_schedule(recipe: Recipe, cfg: Any, optimizer, steps_per_epoch: int) -> Any:
@@ -76,28 +98,49 @@ def build_schedule(recipe: Recipe, cfg: Any, optimizer, steps_per_epoch: int) ->
     return schedule
 
 
-def prepare_loaders(recipe: Recipe, loaders: Any, world, device, seed: int) -> Loaders:
+def loader_sizes(recipe: Recipe, loaders: Any) -> dict[str, tuple[int, str]]:
+    """Batches per epoch and a description of the training and validation loaders; an empty
+    or unsized loader is a user error (both reported when both are wrong)."""
     if not (hasattr(loaders, "train") and hasattr(loaders, "val")):
         raise UserError("build_loaders did not return Loaders", where=where_in_recipe(
             recipe, "build_loaders"), expected="Loaders(train=DataLoader, val=DataLoader)",
             found=describe_value(loaders))
-    train, val = loaders.train, loaders.val
-    for which, loader in (("training", train), ("validation", val)):
+    sizes, errors = {}, []
+    for which, loader in (("training", loaders.train), ("validation", loaders.val)):
         try:
-            size = len(loader)
-        except TypeError:
-            raise UserError(f"the {which} loader has no length", where=where_in_recipe(
-                recipe, "build_loaders"), expected="a DataLoader over a sized dataset",
-                found=describe_value(loader)) from None
-        if size == 0:
-            dataset = getattr(loader, "dataset", None)
-            n = len(dataset) if hasattr(dataset, "__len__") else "?"
-            raise UserError(f"the {which} loader is empty",
-                            where=where_in_recipe(recipe, "build_loaders"),
-                            expected="at least one batch",
-                            found=f"0 batches ({n} samples, batch_size "
-                                  f"{getattr(loader, 'batch_size', '?')}, drop_last "
-                                  f"{getattr(loader, 'drop_last', '?')})")
+            sizes[which] = _loader_size(recipe, loader, which)
+        except UserError as exc:
+            errors.append(exc)
+    raise_all(errors)
+    return sizes
+
+
+def _loader_size(recipe: Any, loader: Any, which: str) -> tuple[int, str]:
+    try:
+        n = len(loader)
+    except TypeError:
+        raise UserError(f"the {which} loader has no length", where=where_in_recipe(
+            recipe, "build_loaders"), expected="a DataLoader over a sized dataset",
+            found=describe_value(loader)) from None
+    dataset = getattr(loader, "dataset", None)
+    samples = len(dataset) if hasattr(dataset, "__len__") else "?"
+    facts = (f"{samples} samples, batch_size {getattr(loader, 'batch_size', '?')}, drop_last "
+             f"{getattr(loader, 'drop_last', '?')}")
+    if n == 0:
+        hint = ("the batch size is larger than the dataset and drop_last drops the only, "
+                "partial batch: lower train.batch_size or set drop_last=False"
+                if getattr(loader, "drop_last", False) and samples != 0 else
+                "the dataset is empty: check the data path and filters in build_loaders")
+        raise UserError(f"the {which} loader is empty", where=where_in_recipe(
+            recipe, "build_loaders"), expected="at least one batch", found=f"0 batches ({facts})",
+            hint=hint)
+    return n, facts
+
+
+def prepare_loaders(recipe: Recipe, loaders: Any, world, device, seed: int) -> Loaders:
+    """The recipe's loaders, checked, sharded across ranks under torchrun, pinned on CUDA."""
+    loader_sizes(recipe, loaders)
+    train, val = loaders.train, loaders.val
     train = distributed.shard(train, world, seed, "train")
     val = distributed.shard(val, world, seed, "val")
     if device.type == "cuda" and recipe.move_batch:

@@ -24,6 +24,7 @@ import torch
 import steps
 from engine import checkpoint as ckpt
 from engine import preflight as pf
+from engine.building import call_recipe, first_line, loader_sizes, user_frame, where_in_recipe
 from engine.errors import UserError, UserErrors
 from engine.recipe import Schedule, StepContext
 
@@ -55,20 +56,6 @@ def _bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
-
-
-def _call(recipe: Any, attr: str, *args: Any) -> Any:
-    """A recipe function; what it raises is the recipe's mistake, named by function and line."""
-    try:
-        return getattr(recipe, attr)(*args)
-    except (UserError, UserErrors):
-        raise
-    except Exception as exc:
-        frame = pf.user_frame(exc)
-        raise UserError(f"{attr} raised {type(exc).__name__}",
-                        where=pf.fn_where(recipe, attr) + (f" at {frame}" if frame else ""),
-                        expected=f"{attr} to work from the config",
-                        found=pf.first_line(exc)) from exc
 
 
 # --- the checks: each takes `have` and returns (detail, products) or raises Outcome ----------
@@ -132,10 +119,10 @@ def check_output(have: dict) -> tuple[str, dict]:
 def check_model(have: dict) -> tuple[str, dict]:
     recipe, cfg = have["recipe"], have["cfg"]
     torch.manual_seed(cfg.train.seed)   # the same weights `run` starts from
-    model = _call(recipe, "build_model", cfg)
+    model = call_recipe(recipe, "build_model", cfg)
     if not isinstance(model, torch.nn.Module):
         raise UserError("build_model did not return a torch.nn.Module",
-                        where=pf.fn_where(recipe, "build_model"), expected="an nn.Module",
+                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
                         found=pf.describe_value(model))
     model.to(have["device"])
     total = sum(p.numel() for p in model.parameters())
@@ -144,43 +131,10 @@ def check_model(have: dict) -> tuple[str, dict]:
             {"model": model, "n_params": total})
 
 
-def _loader_size(recipe: Any, loader: Any, which: str) -> tuple[int, str]:
-    try:
-        n = len(loader)
-    except TypeError:
-        raise UserError(f"the {which} loader has no length", where=pf.fn_where(
-            recipe, "build_loaders"), expected="a DataLoader over a sized dataset",
-            found=pf.describe_value(loader)) from None
-    dataset = getattr(loader, "dataset", None)
-    samples = len(dataset) if hasattr(dataset, "__len__") else "?"
-    facts = (f"{samples} samples, batch_size {getattr(loader, 'batch_size', '?')}, drop_last "
-             f"{getattr(loader, 'drop_last', '?')}")
-    if n == 0:
-        hint = ("the batch size is larger than the dataset and drop_last drops the only, "
-                "partial batch: lower train.batch_size or set drop_last=False"
-                if getattr(loader, "drop_last", False) and samples != 0 else
-                "the dataset is empty: check the data path and filters in build_loaders")
-        raise UserError(f"the {which} loader is empty", where=pf.fn_where(
-            recipe, "build_loaders"), expected="at least one batch", found=f"0 batches ({facts})",
-            hint=hint)
-    return n, facts
-
-
 def check_loaders(have: dict) -> tuple[str, dict]:
     recipe = have["recipe"]
-    loaders = _call(recipe, "build_loaders", have["cfg"])
-    if not (hasattr(loaders, "train") and hasattr(loaders, "val")):
-        raise UserError("build_loaders did not return Loaders", where=pf.fn_where(
-            recipe, "build_loaders"), expected="Loaders(train=DataLoader, val=DataLoader)",
-            found=pf.describe_value(loaders))
-    sizes, errors = {}, []
-    for which, loader in (("training", loaders.train), ("validation", loaders.val)):
-        try:
-            sizes[which] = _loader_size(recipe, loader, which)
-        except UserError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0] if len(errors) == 1 else UserErrors(errors)
+    loaders = call_recipe(recipe, "build_loaders", have["cfg"])
+    sizes = loader_sizes(recipe, loaders)
     (n_train, train), (n_val, val) = sizes["training"], sizes["validation"]
     return (f"train {n_train} batches/epoch ({train}), val {n_val} batches ({val})",
             {"loaders": loaders})
@@ -231,9 +185,9 @@ def check_sample(have: dict) -> tuple[str, dict]:
     try:
         sample = collate([dataset[0]])
     except Exception as exc:
-        raise UserError("dataset[0] cannot be collated into a batch", where=pf.fn_where(
+        raise UserError("dataset[0] cannot be collated into a batch", where=where_in_recipe(
             recipe, "build_loaders"), expected="a sample the loader's collate_fn takes",
-            found=pf.first_line(exc)) from exc
+            found=first_line(exc)) from exc
     if recipe.move_batch:
         sample = steps.move_to_device(sample, device)
     was_training = model.training
@@ -284,7 +238,7 @@ def check_loss(have: dict) -> tuple[str, dict]:
     value = float(loss.detach().float())
     if not math.isfinite(value):
         raise UserError("forward_batch returned a non-finite loss on the first batch",
-                        where=pf.fn_where(recipe, "forward_batch"), expected="a finite loss",
+                        where=where_in_recipe(recipe, "forward_batch"), expected="a finite loss",
                         found=f"loss = {value}", hint="look for NaN/inf in the inputs, a log of "
                         "0 or a division by 0 in the loss")
     metrics = list(getattr(out, "metrics", {}) or {})
@@ -301,7 +255,7 @@ def check_gradients(have: dict) -> tuple[str, dict]:
     model.zero_grad(set_to_none=True)
     if missing:
         raise UserError(f"{len(missing)} of {len(named)} trainable parameters get no gradient",
-                        where=f"the model of {pf.fn_where(have['recipe'], 'build_model')}",
+                        where=f"the model of {where_in_recipe(have['recipe'], 'build_model')}",
                         expected="every trainable parameter used by the loss",
                         found=", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""),
                         hint="use those layers in forward, or freeze them (requires_grad_(False))"
@@ -311,10 +265,10 @@ def check_gradients(have: dict) -> tuple[str, dict]:
 
 def check_optimizer(have: dict) -> tuple[str, dict]:
     recipe, model = have["recipe"], have["model"]
-    optimizer = _call(recipe, "build_optimizer", have["cfg"], model)
+    optimizer = call_recipe(recipe, "build_optimizer", have["cfg"], model)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise UserError("build_optimizer did not return a torch.optim.Optimizer",
-                        where=pf.fn_where(recipe, "build_optimizer"), expected="an Optimizer",
+                        where=where_in_recipe(recipe, "build_optimizer"), expected="an Optimizer",
                         found=pf.describe_value(optimizer))
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
     left = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
@@ -338,9 +292,9 @@ def check_scheduler(have: dict) -> tuple[str, dict]:
         takes_steps = False
     steps_per_epoch = math.ceil(len(have["loaders"].train) / cfg.train.grad_accum_steps)
     extra = (steps_per_epoch,) if takes_steps else ()
-    schedule = _call(recipe, "build_scheduler", cfg, have["optimizer"], *extra)
+    schedule = call_recipe(recipe, "build_scheduler", cfg, have["optimizer"], *extra)
     if not isinstance(schedule, Schedule):
-        raise UserError("build_scheduler did not return a Schedule", where=pf.fn_where(
+        raise UserError("build_scheduler did not return a Schedule", where=where_in_recipe(
             recipe, "build_scheduler"), expected='Schedule(scheduler, interval="step"|"epoch"|'
             '"validation")', found=pf.describe_value(schedule))
     kind = type(schedule.scheduler).__name__
@@ -359,7 +313,7 @@ def check_scheduler(have: dict) -> tuple[str, dict]:
 def check_overfit(have: dict) -> tuple[str, dict]:
     recipe, cfg, device = have["recipe"], have["cfg"], have["device"]
     model = copy.deepcopy(have["model"])   # the real model stays as built
-    optimizer = _call(recipe, "build_optimizer", cfg, model)
+    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = steps.autocast(device, cfg.train.precision)
     model.train()
@@ -372,7 +326,7 @@ def check_overfit(have: dict) -> tuple[str, dict]:
         losses.append(value)
         if not math.isfinite(value):
             raise UserError("the loss becomes non-finite while training on one batch",
-                            where=f"{pf.fn_where(recipe, 'forward_batch')}, step {i + 1} of "
+                            where=f"{where_in_recipe(recipe, 'forward_batch')}, step {i + 1} of "
                             f"{OVERFIT_STEPS}", expected="a finite loss",
                             found=f"loss {losses[0]:.4g} -> {value}",
                             hint="lower train.learning_rate or turn on train.gradient_clip_value")
@@ -460,8 +414,8 @@ def run_checks(have: dict, emit: Callable[[str, str, str], None]) -> list:
             continue
         except Exception as exc:   # recipe code the check calls directly (forward_batch, ...)
             error = UserError(f"{name} check failed: {type(exc).__name__}",
-                              where=pf.user_frame(exc) or f"recipe '{have['name']}'",
-                              expected=f"the {name} check to run", found=pf.first_line(exc))
+                              where=user_frame(exc) or f"recipe '{have['name']}'",
+                              expected=f"the {name} check to run", found=first_line(exc))
             errors.append(error)
             emit("FAIL", name, error.what)
             continue

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import traceback
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -20,6 +18,7 @@ import torch
 
 import steps
 from engine import checkpoint as ckpt
+from engine.building import first_line, user_frame, where_in_recipe
 from engine.errors import UserError, describe_value
 from engine.recipe import StepContext
 
@@ -49,30 +48,8 @@ def describe(value: Any, depth: int = 0) -> str:
     return type(value).__name__
 
 
-def fn_where(recipe: Any, attr: str) -> str:
-    """`recipe 'ae' forward_batch (recipes.ae.forward_batch)`: the user's function by name."""
-    fn = getattr(recipe, attr)
-    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
-    return f"recipe '{recipe.name}' {attr} ({name})"
-
-
 def _where(recipe: Any) -> str:
-    return fn_where(recipe, "forward_batch")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
-
-
-def user_frame(exc: BaseException) -> str | None:
-    """`bad_recipes.py:67 in forward_batch`: the innermost frame outside torch and the engine."""
-    skip = [str(Path(m.__file__).parent) for m in (torch, steps) if getattr(m, "__file__", None)]
-    skip.append(str(Path(__file__).parent))
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not any(frame.filename.startswith(s) for s in skip):
-            return f"{frame.filename}:{frame.lineno} in {frame.name}"
-    return None
+    return where_in_recipe(recipe, "forward_batch")
 
 
 # --- which layer was running -----------------------------------------------------------------
@@ -152,11 +129,11 @@ def forward_error(exc: Exception, recipe: Any, stack: Sequence[Culprit], batch: 
         return UserError(
             f"the model cannot take {what}: {type(exc).__name__} in layer "
             f"'{culprit.name or type(culprit.module).__name__}'",
-            where=f"{culprit.layer()}, built by {fn_where(recipe, 'build_model')}",
+            where=f"{culprit.layer()}, built by {where_in_recipe(recipe, 'build_model')}",
             expected=culprit.expected() or "an input this layer accepts",
             found=f"{culprit.inputs} ({found})",
             hint=f"{what} is {describe(batch)}; the model was written for other shapes, or "
-                 f"{fn_where(recipe, 'forward_batch')} passes the wrong part of it")
+                 f"{where_in_recipe(recipe, 'forward_batch')} passes the wrong part of it")
     return UserError(f"forward_batch fails on {what}: {type(exc).__name__}",
                      where=_where(recipe) + (f" at {frame}" if frame else ""),
                      expected="a loss", found=found,
@@ -212,13 +189,13 @@ def first_batch(recipe: Any, loader: Any, which: str) -> Any:
     try:
         return next(iter(loader))
     except StopIteration:
-        raise UserError(f"the {which} loader yields no batch", where=fn_where(
+        raise UserError(f"the {which} loader yields no batch", where=where_in_recipe(
             recipe, "build_loaders"), expected="at least one batch", found="an empty iterator"
             ) from None
     except Exception as exc:
         frame = user_frame(exc)
         raise UserError(f"the {which} loader fails on its first batch: {type(exc).__name__}",
-                        where=fn_where(recipe, "build_loaders") + (f" at {frame}" if frame
+                        where=where_in_recipe(recipe, "build_loaders") + (f" at {frame}" if frame
                                                                     else ""),
                         expected="a dataset and collate_fn that make a batch",
                         found=first_line(exc)) from exc
