@@ -264,6 +264,7 @@ def _train_epoch(run: Run, state: LoopState, table, book, stop, world, resume_rn
     else:
         batches = iter(loader)
     book.window_start(state)
+    dropping = False   # skip / rollback: the accumulation group holds a non-finite batch
     for batch in batches:
         if move:
             batch = steps.move_to_device(batch, device, non_blocking)
@@ -280,6 +281,12 @@ def _train_epoch(run: Run, state: LoopState, table, book, stop, world, resume_rn
         # sync the user opted into), or the ranks' gradient reductions go out of step
         if check_each_step and distributed.any_rank(not torch.isfinite(loss), world, device):
             state = book.nonfinite_step(attrs.evolve(state, step=step, batch=batch_i), epoch)
+            dropping = not boundary   # the rest of this accumulation group goes with it
+            continue
+        if dropping:
+            # a group with a non-finite batch makes no update at all: the other batches'
+            # gradients alone would be an update scaled for a larger group
+            dropping = not boundary
             continue
         # --- backward, and an optimizer step every `accum` batches
         if accum == 1:

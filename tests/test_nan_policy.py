@@ -97,6 +97,20 @@ def test_skip_drops_the_update_and_counts_it(tmp_path):
     assert metrics["history"]["nonfinite_steps"] == [1, 1, 0]
 
 
+def test_skip_drops_the_whole_accumulation_group(tmp_path):
+    """skip with grad_accum_steps 2 (groups of batches (0, 1), (2, 3), (4) per epoch): a NaN in
+    the first batch of a group drops that group's update entirely, not just the NaN batch's
+    share of it (8 of 9 updates, and the group's finite batch makes none on its own)."""
+    cfg = rr.make_cfg("fault.nan_batches=[5]", "train.nan_policy=\"skip\"",
+                      "train.grad_accum_steps=2")
+    result = fit(rr.recipe, cfg, run_dir=tmp_path / "run")
+    assert result.status == "completed"
+    assert result.history["nonfinite_steps"] == [0, 1, 0]
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["loop"]["step"] == 9 - 1
+    assert adam_steps(last["optimizer"]) == 9 - 1
+
+
 def test_skip_fails_after_max_skipped_steps(tmp_path, capsys):
     """skip with max_skipped_steps = 2 and three NaN batches: the third ends the run (exit 1)."""
     registry = rr.write_registry(tmp_path, train={"nan_policy": "skip", "max_skipped_steps": 2},
