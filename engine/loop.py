@@ -137,20 +137,37 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
     if resume is not None:
         book.best_weights = best_weights_beside(resume, state)
     stop = StopRequest().install()
+    ended = False
+    try:
+        state = _run_guarded(run, state, table, book, stop, world, resume_rng)
+        if state.status == "running":
+            state = attrs.evolve(state, status="completed")
+        ended = True
+        emit(table, Event.FIT_END, state)   # still under our handlers: a signal here is a flag
+    except KeyboardInterrupt:
+        # a second signal, even one landing while the first one's last.pt is written: stop
+        # now; the files on disk are whole (atomic writes)
+        if not ended:
+            _emit_quietly(table, Event.FIT_END, attrs.evolve(book.state, status="interrupted"))
+        raise
+    finally:
+        stop.restore()
+    return _result(run, state, book)
+
+
+def _run_guarded(run: Run, state: LoopState, table, book, stop, world, resume_rng) -> LoopState:
+    """The epochs, with each way a run can end turned into its final state."""
+    recipe = run.recipe
     try:
         emit(table, Event.FIT_START, state)
-        state = _epochs(run, state, table, book, stop, world, resume_rng)
+        return _epochs(run, state, table, book, stop, world, resume_rng)
     except StopRequested:
         state = attrs.evolve(book.state, status="interrupted")
-        state = book.save_last(state, mid_epoch=True, table=table)
+        return book.save_last(state, mid_epoch=True, table=table)
     except TrainingFailed as failure:
         state = _failed(book.state, failure.epoch, failure.step, str(failure), None)
         emit(table, Event.FAILURE, state)
-    except KeyboardInterrupt:
-        # a second signal: stop now; files on disk are whole (atomic writes)
-        state = attrs.evolve(book.state, status="interrupted")
-        _emit_quietly(table, Event.FIT_END, state)
-        raise
+        return state
     except UserError:
         raise
     except Exception as exc:
@@ -167,12 +184,6 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
         _emit_quietly(table, Event.FAILURE, state)
         _emit_quietly(table, Event.FIT_END, state)
         raise RecipeFailed(message, _result(run, state, book)) from exc
-    finally:
-        stop.restore()
-    if state.status == "running":
-        state = attrs.evolve(state, status="completed")
-    emit(table, Event.FIT_END, state)
-    return _result(run, state, book)
 
 
 def _epochs(run: Run, state: LoopState, table, book, stop, world, resume_rng) -> LoopState:

@@ -133,6 +133,7 @@ def test_a_second_signal_during_the_stop_still_leaves_valid_files(tmp_path):
     assert "second signal" in output(tmp_path, "first")[1]
     read = rr.check_files_parse(run)
     assert "checkpoints/last.pt" in read and "metrics.json" in read and "config.toml" in read
+    assert metrics(run)["status"] == "interrupted"
 
     assert resume_here(registry, run) == 0
     assert metrics(run)["status"] == "completed"
