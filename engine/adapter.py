@@ -12,7 +12,6 @@ built the way `fit` builds them (same seed); after it, on the run's objects (bes
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -208,17 +207,11 @@ class BaseTrainer:
 def _build(recipe: Any, cfg: Any, name: str) -> Run:
     """The run's objects as fit builds them (same order from the same seed), untrained."""
     from engine.devices import resolve_device
-    train = cfg.train
-    building.seed_everything(train.seed)
-    device = resolve_device(train.device)
-    model = building.call_recipe(recipe, "build_model", cfg).to(device)
-    loaders = building.call_recipe(recipe, "build_loaders", cfg)
-    optimizer = building.call_recipe(recipe, "build_optimizer", cfg, model)
-    per_epoch = math.ceil(len(loaders.train) / train.grad_accum_steps)
+    device = resolve_device(cfg.train.device)
+    model, loaders, optimizer, schedule = building.build_objects(recipe, cfg, World(), device)
     return Run(recipe=recipe, cfg=cfg, model=model, train_model=model, optimizer=optimizer,
-               schedule=building.build_schedule(recipe, cfg, optimizer, per_epoch),
-               scaler=steps.make_scaler(device, train.precision), loaders=loaders,
-               device=device, name=name)
+               schedule=schedule, scaler=steps.make_scaler(device, cfg.train.precision),
+               loaders=loaders, device=device, name=name)
 
 
 def _nest(overrides: Mapping[str, Any]) -> dict:

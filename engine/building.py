@@ -4,6 +4,7 @@ become user errors, exit code 2), prepare the loaders, restore a checkpoint."""
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import sys
 import traceback
@@ -49,6 +50,22 @@ def where_in_recipe(recipe: Recipe, attr: str) -> str:
     return f"recipe '{recipe.name}' {attr} ({module}.{getattr(fn, '__qualname__', fn)})"
 
 
+def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) -> tuple:
+    """(model, loaders, optimizer, schedule) as every run builds them, in this order from the
+    seed: the model on `device`, the loaders checked (and sharded under torchrun)."""
+    seed_everything(cfg.train.seed)
+    model = call_recipe(recipe, "build_model", cfg)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError("build_model did not return a torch.nn.Module",
+                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
+                        found=describe_value(model))
+    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", cfg), world, device,
+                              cfg.train.seed)
+    model.to(device)
+    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
+    return model, loaders, optimizer, build_schedule(recipe, cfg, optimizer, loaders.train)
+
+
 def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
     """Call a recipe builder; what it raises is the recipe's mistake (exit code 2), named by
     function and line."""
@@ -81,7 +98,9 @@ def user_frame(exc: BaseException) -> str | None:
 
 
 
-def build_schedule(recipe: Recipe, cfg: Any, optimizer, steps_per_epoch: int) -> Any:
+def build_schedule(recipe: Recipe, cfg: Any, optimizer, train_loader: Any) -> Any:
+    """The recipe's Schedule, or None. A builder with a `steps_per_epoch` parameter gets the
+    optimizer steps per epoch: ceil(batches / grad_accum_steps)."""
     build = recipe.build_scheduler
     if build is None:
         return None
@@ -89,6 +108,7 @@ def build_schedule(recipe: Recipe, cfg: Any, optimizer, steps_per_epoch: int) ->
         takes_steps = "steps_per_epoch" in inspect.signature(build).parameters
     except (TypeError, ValueError):
         takes_steps = False
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
     extra = (steps_per_epoch,) if takes_steps else ()
     schedule = call_recipe(recipe, "build_scheduler", cfg, optimizer, *extra)
     if not isinstance(schedule, Schedule):

@@ -12,7 +12,6 @@ written: the overfit check trains a copy of the model, and the global RNG is res
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -24,9 +23,16 @@ import torch
 import steps
 from engine import checkpoint as ckpt
 from engine import preflight as pf
-from engine.building import call_recipe, first_line, loader_sizes, user_frame, where_in_recipe
+from engine.building import (
+    build_schedule,
+    call_recipe,
+    first_line,
+    loader_sizes,
+    user_frame,
+    where_in_recipe,
+)
 from engine.errors import UserError, UserErrors
-from engine.recipe import Schedule, StepContext
+from engine.recipe import StepContext
 
 OVERFIT_STEPS = 25
 OVERFIT_MARGIN = 0.10   # the loss on one fixed batch should fall by at least 10% in 25 steps
@@ -283,20 +289,9 @@ def check_optimizer(have: dict) -> tuple[str, dict]:
 
 def check_scheduler(have: dict) -> tuple[str, dict]:
     recipe, cfg = have["recipe"], have["cfg"]
-    build = recipe.build_scheduler
-    if build is None:
+    schedule = build_schedule(recipe, cfg, have["optimizer"], have["loaders"].train)
+    if schedule is None:
         return f"none: constant learning rate {cfg.train.learning_rate:g}", {}
-    try:
-        takes_steps = "steps_per_epoch" in inspect.signature(build).parameters
-    except (TypeError, ValueError):
-        takes_steps = False
-    steps_per_epoch = math.ceil(len(have["loaders"].train) / cfg.train.grad_accum_steps)
-    extra = (steps_per_epoch,) if takes_steps else ()
-    schedule = call_recipe(recipe, "build_scheduler", cfg, have["optimizer"], *extra)
-    if not isinstance(schedule, Schedule):
-        raise UserError("build_scheduler did not return a Schedule", where=where_in_recipe(
-            recipe, "build_scheduler"), expected='Schedule(scheduler, interval="step"|"epoch"|'
-            '"validation")', found=pf.describe_value(schedule))
     kind = type(schedule.scheduler).__name__
     on = {"validation": "on the validation loss, once per validation",
           "epoch": "once per epoch", "step": "once per optimizer step"}[schedule.interval]

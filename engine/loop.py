@@ -24,18 +24,9 @@ import steps
 from engine import checkpoint as ckpt
 from engine import distributed
 from engine.book import Book, StopRequested, TrainingFailed, emit
-from engine.building import (
-    best_weights_beside,
-    build_schedule,
-    call_recipe,
-    check_inputs,
-    prepare_loaders,
-    restore,
-    seed_everything,
-    where_in_recipe,
-)
+from engine.building import best_weights_beside, build_objects, check_inputs, restore
 from engine.devices import resolve_device
-from engine.errors import UserError, describe_value
+from engine.errors import UserError
 from engine.events import Event, listeners
 from engine.recipe import Recipe, StepContext
 from engine.signals import StopRequest
@@ -93,18 +84,7 @@ def _fit(recipe, cfg, world, device, run_dir, extra_callbacks, resume, name) -> 
 
     train = cfg.train
     # --- set up: everything a mistake can break happens before the run directory exists
-    seed_everything(train.seed)
-    model = call_recipe(recipe, "build_model", cfg)
-    if not isinstance(model, torch.nn.Module):
-        raise UserError("build_model did not return a torch.nn.Module",
-                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
-                        found=describe_value(model))
-    loaders = call_recipe(recipe, "build_loaders", cfg)
-    loaders = prepare_loaders(recipe, loaders, world, device, train.seed)
-    model.to(device)
-    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
-    steps_per_epoch = math.ceil(len(loaders.train) / train.grad_accum_steps)
-    schedule = build_schedule(recipe, cfg, optimizer, steps_per_epoch)
+    model, loaders, optimizer, schedule = build_objects(recipe, cfg, world, device)
     preflight.first_batch_check(recipe, cfg, model, loaders, device)
     train_model = distributed.wrap(model, world, device)
     if train.compile:
@@ -314,10 +294,10 @@ def _train_epoch(run: Run, state: LoopState, table, book, stop, world, resume_rn
         if step_scheduler is not None:
             step_scheduler.step()
         # --- read the figures only at log intervals (one host sync per interval)
-        if step % log_every == 0 or (solo and stop.count):
+        checkpoint_due = ckpt_every and step % ckpt_every == 0
+        if checkpoint_due or step % log_every == 0 or (solo and stop.count):
             state = book.read(attrs.evolve(state, step=step, batch=batch_i), epoch, stop)
-        if ckpt_every and step % ckpt_every == 0:
-            state = book.read(attrs.evolve(state, step=step, batch=batch_i), epoch, stop)
+        if checkpoint_due:
             state = book.save_last(state, mid_epoch=True, table=table)
         if on_step:
             state = attrs.evolve(state, step=step, batch=batch_i)
