@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
 from engine import Loaders, Recipe, StepContext, TrainConfig, fit  # noqa: E402
-from engine.distributed import rebuild_loader  # noqa: E402
+from engine.core.distributed import rebuild_loader  # noqa: E402
 from steps import batch_size_of, move_to_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -404,7 +404,7 @@ def run_ignite(w: Workload, epochs: int) -> Outcome:
 
     @trainer.on(Events.EPOCH_STARTED)
     def start(engine: Engine) -> None:
-        epoch = engine.state.epoch - 1
+        epoch = engine.core.state.epoch - 1
         loaders.train.sampler.set_epoch(epoch)
         model.train()
         epoch_of.update(ctx=StepContext(device, True, epoch, 0),
@@ -413,7 +413,7 @@ def run_ignite(w: Workload, epochs: int) -> Outcome:
     @trainer.on(Events.EPOCH_COMPLETED)
     def end(engine: Engine) -> None:
         val_losses.append(validate(w, model, loaders.val, device, train.precision,
-                                   engine.state.epoch - 1))
+                                   engine.core.state.epoch - 1))
         plateau.step(val_losses[-1])
 
     trainer.run(loaders.train, max_epochs=epochs)

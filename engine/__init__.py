@@ -3,28 +3,46 @@
     from engine import Recipe, TrainConfig, fit
     result = fit(recipe, cfg, run_dir=None)
 
-Importing the engine writes no file and configures no logger. Names load on first use, so
-`python -m engine` can set up the process (OpenMP's wait policy) before torch is imported.
+This is the public API, curated: what recipes and scripts import. The layers below it
+(engine.core, engine.io, engine.tools, engine.study, engine.compat, engine.cli) are the
+implementation. Importing the engine writes no file and configures no logger. Names load on
+first use, so `python -m engine` can set up the process (OpenMP's wait policy) before torch is
+imported.
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "TrainConfig": "engine.config", "Event": "engine.events", "listens_to": "engine.events",
-    "RecipeFailed": "engine.loop", "RunResult": "engine.loop", "fit": "engine.loop",
-    "recipe_from_trainer": "engine.migrate", "Loaders": "engine.recipe",
-    "Recipe": "engine.recipe", "Schedule": "engine.recipe", "StepContext": "engine.recipe",
-    "StepOutput": "engine.recipe",
+    # a recipe and what its functions return
+    "Recipe": "engine.core.recipe", "Loaders": "engine.core.recipe",
+    "StepOutput": "engine.core.recipe", "StepContext": "engine.core.recipe",
+    "Schedule": "engine.core.schedules", "TrainConfig": "engine.core.config",
+    # observing a run
+    "Event": "engine.core.events", "listens_to": "engine.core.events",
+    # training
+    "fit": "engine.io.fit", "RunResult": "engine.io.fit", "RecipeFailed": "engine.io.fit",
+    # mistakes: one clear message each (exit code 2 from the CLI)
+    "UserError": "engine.core.errors", "UserErrors": "engine.core.errors",
+    "raise_all": "engine.core.errors",
+    # what recipes write beside a run's files
+    "add_metrics_entry": "engine.io.metrics", "atomic_torch_save": "engine.io.files",
+    # old trainers
+    "recipe_from_trainer": "engine.compat.migrate",
 }
+# modules of builders a recipe names: `build_optimizer=optimizers.adamw`
+_MODULES = {"optimizers": "engine.core.optimizers", "schedules": "engine.core.schedules"}
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name in _MODULES:
+        value = import_module(_MODULES[name])
+    elif name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+    else:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

@@ -2,9 +2,18 @@
 
 from steps.batches import batch_size_of, iter_tensors, move_to_device
 from steps.precision import autocast, make_scaler
-from steps.train import backward, eval_step, grad_norm, optimizer_step, split_output, train_step
+from steps.train import (
+    backward,
+    eval_step,
+    forward_loss,
+    grad_norm,
+    optimizer_step,
+    split_output,
+    train_step,
+)
 
 __all__ = [
     "autocast", "backward", "batch_size_of", "eval_step", "grad_norm", "iter_tensors",
-    "make_scaler", "move_to_device", "optimizer_step", "split_output", "train_step",
+    "forward_loss", "make_scaler", "move_to_device", "optimizer_step", "split_output",
+    "train_step",
 ]

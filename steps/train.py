@@ -4,7 +4,7 @@
         loss = train_step(model, batch, forward_batch, ctx, optimizer, clip=1.0)
 
 `engine.fit` is built from the same pieces (`forward_loss`, `backward`, `optimizer_step`), so a
-hand-composed loop and `fit` give the same weights.
+hand-composed loop of them and `fit` give the same weights (tests/steps/test_steps.py).
 """
 
 from __future__ import annotations
@@ -22,6 +22,18 @@ def split_output(out: Any) -> tuple[torch.Tensor, dict]:
     if isinstance(out, torch.Tensor):
         return out, {}
     return out.loss, dict(getattr(out, "metrics", {}) or {})
+
+
+def forward_loss(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
+                 autocast: Any = None) -> torch.Tensor:
+    """`forward_batch`'s loss on one batch, under `autocast` when given (a reusable context
+    from `steps.autocast`; None runs in fp32 with no context at all)."""
+    if autocast is None:
+        out = forward_batch(model, batch, ctx)
+    else:
+        with autocast:
+            out = forward_batch(model, batch, ctx)
+    return out if isinstance(out, torch.Tensor) else out.loss
 
 
 def backward(loss: torch.Tensor, scale: float = 1.0, scaler: Any = None) -> None:
@@ -70,8 +82,7 @@ def train_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
                autocast: Any = None) -> torch.Tensor:
     """One full optimizer step on one batch; returns the detached loss (no host sync)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    with autocast or contextlib.nullcontext():
-        loss, _ = split_output(forward_batch(model, batch, ctx))
+    loss = forward_loss(model, batch, forward_batch, ctx, autocast)
     backward(loss, scaler=scaler)
     optimizer_step(optimizer, params, clip, scaler)
     return loss.detach()

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from engine import Event, Loaders, Recipe, TrainConfig
-from engine.events import listens_to
+from engine.core.events import listens_to
 
 
 @attrs.frozen

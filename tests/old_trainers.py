@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from engine import Loaders, Recipe, TrainConfig
-from engine.migrate import recipe_from_trainer
+from engine.compat.migrate import recipe_from_trainer
 
 FEATURES = 6
 

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from engine import Loaders, Recipe, StepOutput, TrainConfig
-from engine.config import build_config, parse_set
+from engine.io.layering import build_config, parse_set
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.recipe import Recipe
+from engine import Recipe
 from recipes.ranking_v2.baselines import baselines_callback
 from recipes.ranking_v2.config import RankingConfig
 from recipes.ranking_v2.loader import build_loaders, check_input_dim, load_checked

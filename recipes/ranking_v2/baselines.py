@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from engine.events import Event, listens_to
-from engine.runs import add_metrics_entry
+from engine import Event, add_metrics_entry, listens_to
 from steps.ranking import ranking_metrics
 
 log = logging.getLogger("recipes.ranking_v2")

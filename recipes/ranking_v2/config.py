@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from engine.config import TrainConfig
+from engine import TrainConfig
 from steps.ranking import LOSSES
 
 

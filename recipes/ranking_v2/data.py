@@ -34,8 +34,7 @@ from typing import Any
 import attrs
 import torch
 
-from engine.errors import UserError, raise_all
-from engine.files import atomic_torch_save
+from engine import UserError, atomic_torch_save, raise_all
 
 FORMAT = ("a dict saved with torch.save: dataset_tokens [N, Td, D], model_tokens [M, Tm, D], "
           "scores [N, M] (NaN = unknown), optional dataset_mask [N, Td] and model_mask [M, Tm]")

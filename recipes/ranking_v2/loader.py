@@ -21,8 +21,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
-from engine.errors import UserError
-from engine.recipe import Loaders
+from engine import Loaders, UserError
 from recipes.ranking_v2.data import RankingData, check_candidates, ensure_data_file, load_data
 
 

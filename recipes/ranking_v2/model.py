@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.recipe import StepContext, StepOutput
+from engine import StepContext, StepOutput
 from steps.ranking import LOSSES, ranking_metrics, standardize_scores
 
 

@@ -1,0 +1,119 @@
+"""The verbs that train or show a recipe: list, show, run.
+
+Each verb is `add(verbs)` (its sub-parser) and a `cmd_*(args) -> exit code`; `engine.cli.main`
+dispatches. Heavy modules (torch, the loop) are imported inside the verbs: `list` and `show`
+need none of them, and `python -m engine` sets OpenMP's wait policy before torch loads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.cli.args import common, config_options, sets_of
+from engine.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
+from engine.core.errors import UserError
+
+
+def add(verbs: Any) -> dict:
+    p = verbs.add_parser("list", help="list the registered recipes")
+    common(p)
+    p = verbs.add_parser("show", help="print a recipe's resolved config as TOML")
+    config_options(p)
+    common(p)
+    p = verbs.add_parser("run", help="train a recipe")
+    config_options(p, output=True)
+    p.add_argument("--resume", metavar="PATH", help="a run directory or a checkpoint to continue")
+    common(p)
+    return {"list": cmd_list, "show": cmd_show, "run": cmd_run}
+
+
+def cmd_list(args: Any) -> int:
+    from engine.io.registry import find_registry, read_registry
+    entries = read_registry(find_registry(args.recipes))
+    width = max((len(n) for n in entries), default=0)
+    for name, entry in entries.items():
+        print(f"{name:<{width}}  {entry.description}".rstrip())
+    return EXIT_OK
+
+
+def cmd_show(args: Any) -> int:
+    from engine.io.layering import to_toml
+    from engine.io.registry import resolve
+    _, _, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config, sets=args.sets)
+    sys.stdout.write(to_toml(cfg))
+    return EXIT_OK
+
+
+def cmd_run(args: Any) -> int:
+    from engine.core.events import Event, listens_to
+    from engine.io import resume as resuming
+    from engine.io.fit import fit
+    from engine.io.registry import resolve
+    from engine.io.run_dir import new_run_id, runs_root
+    sets = sets_of(args)
+    if args.resume:
+        plan = resuming.plan(args.resume, args.name)
+        entry, recipe, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config,
+                                     sets=sets, base=plan.base_config,
+                                     base_source=plan.base_source)
+        if plan.finished(cfg):
+            if plan.epochs_done < cfg.train.epochs:
+                print(f"run {plan.run_dir or args.resume} was ended by early stopping after "
+                      f"{plan.epochs_done} epochs: nothing to do (raise "
+                      f"train.early_stopping_patience with --set to go on)")
+            else:
+                print(f"run {plan.run_dir or args.resume} already completed "
+                      f"{plan.epochs_done} of {cfg.train.epochs} epochs: nothing to do "
+                      f"(raise it with --set train.epochs=N)")
+            return EXIT_OK
+        run_dir = plan.run_dir
+        checkpoint = plan.checkpoint
+    else:
+        entry, recipe, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config,
+                                     sets=sets)
+        run_dir, checkpoint = None, None
+    if run_dir is None:
+        root = runs_root(cfg.train.output_dir, entry.name)
+        _check_writable(root, cfg.train.output_dir)
+        run_dir = root / new_run_id()
+
+    @listens_to(Event.FIT_START)
+    def announce(event: Any, state: Any) -> None:
+        if state.run.rank == 0:   # under torchrun every rank runs this verb: say it once
+            print(f"run directory: {state.run.run_dir}", flush=True)
+
+    result = fit(recipe, cfg, run_dir=run_dir, callbacks=(announce,), resume=checkpoint,
+                 name=entry.name)
+    quiet = result.state is not None and result.state.run.rank != 0   # torchrun: rank 0 says it
+    if result.status == "failed" and not quiet:
+        print(f"error: training failed: {result.error['message']}\n"
+              f"  where: {result.run_dir}/metrics.json (status failed; checkpoints from before "
+              f"are intact)", file=sys.stderr)
+    if result.status == "failed":
+        return EXIT_FAILED
+    if result.status == "interrupted" and not quiet:
+        print(f"stopped by a signal; resume with: python -m engine run {entry.name} --resume "
+              f"{result.run_dir}", file=sys.stderr)
+    if result.status == "interrupted":
+        return EXIT_SIGNAL
+    return EXIT_OK
+
+
+def _check_writable(root: Path, output_dir: str) -> None:
+    """Fail before training when the runs folder cannot be made; create nothing (fit makes the
+    run directory only once the preflight passed)."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable by this user"
+    if problem:
+        raise UserError("the output directory cannot be written",
+                        where=f'train.output_dir = "{output_dir}"',
+                        expected="a folder this user can create files in", found=problem)

@@ -1,0 +1,1 @@
+"""The old `BaseTrainer` hook contract as a view over `fit`, and migration of old trainers."""

@@ -1,0 +1,190 @@
+"""Building a run from a recipe: check the inputs, call the recipe's builders (their mistakes
+become user errors, exit code 2), prepare the loaders, restore a checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import steps
+from engine.core import distributed
+from engine.core.errors import UserError, UserErrors, describe_value, raise_all
+from engine.core.recipe import Loaders, Recipe
+from engine.core.schedules import Schedule
+
+
+def check_inputs(recipe: Any, cfg: Any) -> None:
+    if not isinstance(recipe, Recipe):
+        raise UserError("fit needs a Recipe", where="fit(recipe, ...)",
+                        expected="an engine.Recipe", found=describe_value(recipe))
+    if not isinstance(cfg, recipe.config):
+        raise UserError("the config does not belong to the recipe", where="fit(..., cfg)",
+                        expected=f"an instance of {recipe.config.__name__}",
+                        found=describe_value(cfg))
+    if not hasattr(cfg, "train"):
+        raise UserError("the recipe's config has no train table", where=recipe.config.__name__,
+                        expected="a field `train: TrainConfig`", found="no such field")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed(seed % 2**32)
+
+
+def where_in_recipe(recipe: Recipe, attr: str) -> str:
+    fn = getattr(recipe, attr)
+    module = getattr(fn, "__module__", "?")
+    return f"recipe '{recipe.name}' {attr} ({module}.{getattr(fn, '__qualname__', fn)})"
+
+
+def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) -> tuple:
+    """(model, loaders, optimizer, schedule) as every run builds them, in this order from the
+    seed: the model on `device`, the loaders checked (and sharded under torchrun)."""
+    seed_everything(cfg.train.seed)
+    model = call_recipe(recipe, "build_model", cfg)
+    if not isinstance(model, torch.nn.Module):
+        raise UserError("build_model did not return a torch.nn.Module",
+                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
+                        found=describe_value(model))
+    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", cfg), world, device,
+                              cfg.train.seed)
+    model.to(device)
+    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
+    return model, loaders, optimizer, build_schedule(recipe, cfg, optimizer, loaders.train)
+
+
+def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
+    """Call a recipe builder; what it raises is the recipe's mistake (exit code 2), named by
+    function and line."""
+    try:
+        return getattr(recipe, attr)(*args)
+    except (UserError, UserErrors):
+        raise
+    except Exception as exc:
+        frame = user_frame(exc)
+        raise UserError(f"{attr} raised {type(exc).__name__}",
+                        where=where_in_recipe(recipe, attr) + (f" at {frame}" if frame else ""),
+                        expected=f"{attr} to work from the config",
+                        found=first_line(exc)) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def user_frame(exc: BaseException) -> str | None:
+    """`bad_recipes.py:67 in forward_batch`: the innermost frame outside torch and the engine."""
+    skip = [str(Path(m.__file__).parent) for m in (torch, steps) if getattr(m, "__file__", None)]
+    skip.append(str(Path(__file__).parent))   # the engine
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not any(frame.filename.startswith(s) for s in skip):
+            return f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return None
+
+
+
+
+def build_schedule(recipe: Recipe, cfg: Any, optimizer, train_loader: Any) -> Any:
+    """The recipe's Schedule, or None. A builder with a `steps_per_epoch` parameter gets the
+    optimizer steps per epoch: ceil(batches / grad_accum_steps)."""
+    build = recipe.build_scheduler
+    if build is None:
+        return None
+    try:
+        takes_steps = "steps_per_epoch" in inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        takes_steps = False
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum_steps)
+    extra = (steps_per_epoch,) if takes_steps else ()
+    schedule = call_recipe(recipe, "build_scheduler", cfg, optimizer, *extra)
+    if not isinstance(schedule, Schedule):
+        raise UserError("build_scheduler did not return a Schedule", where=where_in_recipe(
+            recipe, "build_scheduler"), expected='Schedule(scheduler, interval="step"|"epoch"|'
+            '"validation")', found=describe_value(schedule))
+    return schedule
+
+
+def loader_sizes(recipe: Recipe, loaders: Any) -> dict[str, tuple[int, str]]:
+    """Batches per epoch and a description of the training and validation loaders; an empty
+    or unsized loader is a user error (both reported when both are wrong)."""
+    if not (hasattr(loaders, "train") and hasattr(loaders, "val")):
+        raise UserError("build_loaders did not return Loaders", where=where_in_recipe(
+            recipe, "build_loaders"), expected="Loaders(train=DataLoader, val=DataLoader)",
+            found=describe_value(loaders))
+    sizes, errors = {}, []
+    for which, loader in (("training", loaders.train), ("validation", loaders.val)):
+        try:
+            sizes[which] = _loader_size(recipe, loader, which)
+        except UserError as exc:
+            errors.append(exc)
+    raise_all(errors)
+    return sizes
+
+
+def _loader_size(recipe: Any, loader: Any, which: str) -> tuple[int, str]:
+    try:
+        n = len(loader)
+    except TypeError:
+        raise UserError(f"the {which} loader has no length", where=where_in_recipe(
+            recipe, "build_loaders"), expected="a DataLoader over a sized dataset",
+            found=describe_value(loader)) from None
+    dataset = getattr(loader, "dataset", None)
+    samples = len(dataset) if hasattr(dataset, "__len__") else "?"
+    facts = (f"{samples} samples, batch_size {getattr(loader, 'batch_size', '?')}, drop_last "
+             f"{getattr(loader, 'drop_last', '?')}")
+    if n == 0:
+        hint = ("the batch size is larger than the dataset and drop_last drops the only, "
+                "partial batch: lower train.batch_size or set drop_last=False"
+                if getattr(loader, "drop_last", False) and samples != 0 else
+                "the dataset is empty: check the data path and filters in build_loaders")
+        raise UserError(f"the {which} loader is empty", where=where_in_recipe(
+            recipe, "build_loaders"), expected="at least one batch", found=f"0 batches ({facts})",
+            hint=hint)
+    return n, facts
+
+
+def prepare_loaders(recipe: Recipe, loaders: Any, world, device, seed: int) -> Loaders:
+    """The recipe's loaders, checked, sharded across ranks under torchrun, pinned on CUDA."""
+    loader_sizes(recipe, loaders)
+    train, val = loaders.train, loaders.val
+    train = distributed.shard(train, world, seed, "train")
+    val = distributed.shard(val, world, seed, "val")
+    if device.type == "cuda" and recipe.move_batch:
+        # pinned host memory lets the copy to the GPU overlap with compute (non_blocking)
+        train = distributed.rebuild_loader(train, pin_memory=True)
+        val = distributed.rebuild_loader(val, pin_memory=True, which="val")
+    return Loaders(train=train, val=val)
+
+
+def recipe_function(exc: BaseException, recipe: Recipe) -> str:
+    """Name the recipe function an exception came from (the innermost one in the traceback):
+    `recipe 'x' forward_batch`, or `recipe 'x' (called from the loop)` when none is."""
+    codes = {}
+    for attr in ("forward_batch", "build_model", "build_loaders", "build_optimizer",
+                 "build_scheduler"):
+        code = getattr(getattr(recipe, attr, None), "__code__", None)
+        if code is not None:
+            codes[code] = attr
+    name = None
+    tb = exc.__traceback__
+    while tb is not None:
+        name = codes.get(tb.tb_frame.f_code, name)
+        tb = tb.tb_next
+    if name is not None:
+        return f"recipe '{recipe.name}' {name}"
+    module = getattr(recipe.forward_batch, "__module__", "")
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if module and module.replace(".", "/") in frame.filename.replace("\\", "/"):
+            return f"recipe '{recipe.name}' {frame.name}"
+    return f"recipe '{recipe.name}' (called from the loop)"

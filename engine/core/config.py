@@ -1,0 +1,146 @@
+"""`TrainConfig`, the fields every recipe shares, and their ranges.
+
+A recipe's config is its own frozen attrs class holding `train: TrainConfig` (and whatever tables
+the recipe needs, e.g. `model`, `data`). Reading it from TOML layers is `engine.io.layering`'s;
+here is what a valid config is.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from engine.core.errors import UserError
+
+# --- TrainConfig and its ranges --------------------------------------------------------------
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+# One table serves both the attrs validators (Python API) and the all-at-once check (CLI).
+RANGES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "gradient_clip_value": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "validate_every_n_epochs": (lambda v: v >= 1, ">= 1"),
+    "early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 turns early stopping off)"),
+    "early_stopping_min_delta": (lambda v: v >= 0, ">= 0"),
+    "lr_decay_factor": (lambda v: 0 < v < 1, "0 < lr_decay_factor < 1"),
+    "lr_patience": (lambda v: v >= 0, ">= 0"),
+    "device": (lambda v: bool(_DEVICE.match(v)), '"auto", "cpu", "cuda", "cuda:N" or "mps"'),
+    "precision": (lambda v: v in ("fp32", "bf16", "fp16"), 'one of "fp32", "bf16", "fp16"'),
+    "grad_accum_steps": (lambda v: v >= 1, ">= 1"),
+    "log_every_n_steps": (lambda v: v >= 1, ">= 1"),
+    "checkpoint_every_n_steps": (lambda v: v >= 0, ">= 0 (0: only at epoch ends)"),
+    "nan_policy": (lambda v: v in ("stop", "skip", "rollback"),
+                   'one of "stop", "skip", "rollback"'),
+    "max_skipped_steps": (lambda v: v >= 0, ">= 0"),
+    "keep_last": (lambda v: v >= 0, ">= 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "step_size": (lambda v: v >= 1, ">= 1"),
+    "gamma": (lambda v: 0 < v <= 1, "0 < gamma <= 1"),
+    "momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+    "min_lr": (lambda v: v >= 0, ">= 0"),
+    "output_dir": (lambda v: v != "", "a non-empty path"),
+}
+
+
+def _in_range(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    ok, expected = RANGES[attribute.name]
+    if not ok(value):
+        raise ValueError(f"train.{attribute.name} must be {expected}, got {value!r}")
+
+
+def _f(default: Any) -> Any:
+    return attrs.field(default=default, validator=_in_range)
+
+
+@attrs.frozen
+class TrainConfig:
+    """How to train: the fields every recipe shares (`[train]` in TOML).
+
+    Epochs and steps count from 0 in the API; `gradient_clip_value` is the largest total L2
+    norm of the gradients (0 = off); `early_stopping_patience` 0 = off.
+    """
+
+    epochs: int = _f(10)
+    batch_size: int = _f(32)
+    learning_rate: float = _f(1e-3)
+    weight_decay: float = _f(0.0)
+    num_workers: int = _f(0)
+    gradient_clip_value: float = _f(1.0)
+    validate_every_n_epochs: int = _f(1)
+    early_stopping_patience: int = _f(5)
+    early_stopping_min_delta: float = _f(0.0)
+    lr_decay_factor: float = _f(0.5)
+    lr_patience: int = _f(2)
+    seed: int = 0
+    device: str = _f("auto")
+    precision: str = _f("fp32")
+    grad_accum_steps: int = _f(1)
+    compile: bool = False
+    output_dir: str = _f("artifacts")
+    log_every_n_steps: int = _f(50)
+    # resume and safety
+    checkpoint_every_n_steps: int = _f(0)
+    nan_policy: str = _f("stop")
+    max_skipped_steps: int = _f(10)
+    keep_last: int = _f(0)
+    # schedule builders (engine.core.schedules)
+    warmup_steps: int = _f(0)
+    step_size: int = _f(10)
+    gamma: float = _f(0.1)
+    momentum: float = _f(0.9)
+    min_lr: float = _f(0.0)
+
+
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{...}"
+    return repr(value)
+
+
+def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserError]:
+    """Run every attrs validator of `cfg` and its nested records; collect all failures."""
+    where = where or (lambda path: "the config")
+    errors = []
+    for field in attrs.fields(type(cfg)):
+        value = getattr(cfg, field.name)
+        path = prefix + (field.name,)
+        if attrs.has(type(value)):
+            errors += range_errors(value, where, path)
+        if field.validator is None:
+            continue
+        try:
+            field.validator(cfg, field, value)
+        except Exception as exc:  # a validator's own message names the rule
+            rule = RANGES.get(field.name, (None, None))[1] if type(cfg) is TrainConfig else None
+            kind = "invalid value" if isinstance(value, str) else "config value out of range"
+            errors.append(UserError(
+                f"{kind} for '{'.'.join(path)}'", where=where(path),
+                expected=rule or str(exc), found=f"{field.name} = {toml_value(value)}"))
+    return errors
+
+
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as nested plain dicts and lists, None values left out (TOML has no null):
+    what config.toml and a checkpoint's `config` entry hold."""
+    def drop_none(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop_none(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [drop_none(v) for v in value]
+        return value
+    return drop_none(attrs.asdict(cfg))

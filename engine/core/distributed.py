@@ -1,0 +1,154 @@
+"""torchrun / DistributedDataParallel: set up from torchrun's environment, tear down on exit.
+
+Launched by `torchrun --nproc_per_node=N -m engine run NAME`, every rank runs the same `fit`;
+this module holds the few places that differ: the process group, the model wrapper, the
+sampler per loader, the reductions that keep every rank's decisions identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from typing import Any
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from engine.core.errors import UserError
+
+
+@attrs.frozen
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False    # this fit initialised the process group and tears it down
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> World:
+    """Rank and world size from torchrun's environment (WORLD_SIZE > 1), else one process."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(world: World, device: torch.device) -> World:
+    """Start the process group (NCCL on CUDA, gloo on CPU) unless one is running already."""
+    if not world.active or dist.is_initialized():
+        return world
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # a rank that dies leaves the others in a collective: time out rather than hang for ever
+    timeout = datetime.timedelta(seconds=int(os.environ.get("ENGINE_DIST_TIMEOUT", "300")))
+    dist.init_process_group(backend, timeout=timeout)
+    return attrs.evolve(world, owns_group=True)
+
+
+def teardown(world: World) -> None:
+    if world.owns_group and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    if not world.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def rebuild_loader(loader: Any, *, sampler: Any = None, pin_memory: bool | None = None,
+                   which: str = "train") -> Any:
+    """The same dataset, batch size and collate function with another sampler / pinning."""
+    if not isinstance(loader, DataLoader):
+        return loader
+    if loader.batch_size is None:
+        raise UserError(f"the {which} loader cannot be sharded across ranks",
+                        where="build_loaders", expected="a DataLoader built with batch_size=",
+                        found="a DataLoader with a custom batch_sampler")
+    kwargs = dict(batch_size=loader.batch_size, collate_fn=loader.collate_fn,
+                  num_workers=loader.num_workers, drop_last=loader.drop_last,
+                  pin_memory=loader.pin_memory if pin_memory is None else pin_memory,
+                  worker_init_fn=loader.worker_init_fn, timeout=loader.timeout,
+                  persistent_workers=loader.persistent_workers, generator=loader.generator)
+    if loader.num_workers > 0:
+        kwargs["prefetch_factor"] = loader.prefetch_factor
+    if sampler is None:
+        sampler = loader.sampler
+    return DataLoader(loader.dataset, sampler=sampler, **kwargs)
+
+
+def shard(loader: Any, world: World, seed: int, which: str) -> Any:
+    """`loader` over its rank's share of the data.
+
+    Training: a DistributedSampler, which pads the data so that every rank takes the same
+    number of steps (DDP's collectives must match). Validation: rank r reads samples r, r + N,
+    ... with no padding, so the means summed over ranks count every sample exactly once (the
+    loop validates the unwrapped model: no collective inside, uneven shares are fine).
+    """
+    if not world.active or not isinstance(loader, DataLoader):
+        return loader
+    if which == "val":
+        n = len(loader.dataset)
+        if n < world.world_size:
+            raise UserError("the validation set is smaller than the number of processes",
+                            where="build_loaders", expected=f"at least {world.world_size} "
+                            "validation samples (one per rank)", found=f"{n} samples")
+        return rebuild_loader(loader, sampler=range(world.rank, n, world.world_size),
+                              which=which)
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(loader.dataset, num_replicas=world.world_size, rank=world.rank,
+                                 shuffle=shuffle, seed=seed, drop_last=loader.drop_last)
+    return rebuild_loader(loader, sampler=sampler, which=which)
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+
+
+def from_main(value: Any, world: World) -> Any:
+    """Rank 0's `value` on every rank (a picklable object; one broadcast)."""
+    if not world.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Sum a few figures over ranks (one collective); one process: the figures as they are."""
+    if not world.active:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def any_rank(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every rank when it is True on one (stop signals, non-finite losses)."""
+    if not world.active:
+        return flag
+    return all_sum([1.0 if flag else 0.0], world, device)[0] > 0
+
+
+def no_sync(model: torch.nn.Module, accumulating: bool) -> Any:
+    """DDP's no_sync on the accumulating micro-batches: gradients are reduced only once."""
+    if accumulating and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()

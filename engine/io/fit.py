@@ -1,0 +1,143 @@
+"""fit(): where the core loop and the run directory's writers meet, in one visible place.
+
+    result = fit(recipe, cfg, run_dir="artifacts/models/ae/runs/x")
+    result.best_val_loss, result.history["val_loss"], result.model
+
+Set up (build, first-batch check, wrap), then hand `engine.core.loop.run_loop` its wiring:
+with a run directory the standard writers (engine.io.writers) and the run directory's
+checkpointer (engine.io.checkpointer); without one, nothing that writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+import steps
+from engine.core import distributed
+from engine.core.building import build_objects, check_inputs
+from engine.core.devices import resolve_device
+from engine.core.errors import UserError
+from engine.core.events import listeners
+from engine.core.failures import RecipeRaised
+from engine.core.loop import NoCheckpoints, Wiring, run_loop
+from engine.core.preflight import first_batch_check
+from engine.core.recipe import Recipe
+from engine.core.signals import StopRequest
+from engine.core.state import LoopState, Run, history_lists
+from engine.io import writers
+from engine.io.checkpoint import best_weights_beside, restore
+from engine.io.checkpointer import RunDirCheckpointer
+from engine.io.files import remove_temporaries
+
+
+@attrs.frozen
+class RunResult:
+    """What `fit` returns. `model` holds the best weights; `history` is a dict of equal-length
+    lists, one entry per validation."""
+
+    history: dict
+    best_epoch: int | None
+    best_val_loss: float | None
+    stopped_early: bool
+    status: str
+    run_dir: Path | None
+    model: torch.nn.Module
+    run_id: str | None = None
+    error: dict | None = None
+    state: LoopState | None = None
+
+
+class RecipeFailed(Exception):
+    """Recipe code raised during training: the run ended with status `failed` (exit code 1)."""
+
+    def __init__(self, message: str, result: RunResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callbacks: tuple = (),
+        resume: str | Path | None = None, name: str | None = None,
+        stop_when: Callable[[LoopState], str | None] | None = None) -> RunResult:
+    """Train `recipe` with `cfg`. With `run_dir`, write every file of a run there (created if
+    missing); without, write nothing and keep the best weights in memory. `resume` names a
+    checkpoint to continue from. `name` is the registry key (defaults to `recipe.name`).
+    `stop_when(state)`, asked after each validation, may end the run with the status it
+    returns (a study prunes runs this way); callbacks only observe."""
+    check_inputs(recipe, cfg)
+    world = distributed.from_env()
+    device = resolve_device(cfg.train.device, world.local_rank if world.active else None)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise UserError("fp16 needs a CUDA device", where='train.precision = "fp16"',
+                        expected='"bf16" or "fp32" on this device', found=f"device {device}",
+                        hint='use precision = "bf16" on CPU')
+    world = distributed.init(world, device)
+    try:
+        # each rank's caller made its own run id: rank 0's names the run on every rank
+        run_dir = distributed.from_main(run_dir, world)
+        run = _set_up(recipe, cfg, world, device, run_dir, resume, name or recipe.name)
+        return _train(run, world, tuple(callbacks), resume, stop_when)
+    finally:
+        distributed.teardown(world)
+
+
+def _set_up(recipe, cfg, world, device, run_dir, resume, name) -> Run:
+    """Everything a mistake can break happens before the run directory exists."""
+    model, loaders, optimizer, schedule = build_objects(recipe, cfg, world, device)
+    first_batch_check(recipe, cfg, model, loaders, device)
+    train_model = distributed.wrap(model, world, device)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if world.is_main:
+            try:
+                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError("the run directory cannot be created", where=str(run_dir),
+                                expected="a folder this user can write",
+                                found=exc.strerror or str(exc)) from None
+            if resume is not None:
+                remove_temporaries(run_dir)   # what a kill during a write left behind
+    return Run(recipe=recipe, cfg=cfg, model=model, train_model=train_model,
+               optimizer=optimizer, schedule=schedule,
+               scaler=steps.make_scaler(device, cfg.train.precision), loaders=loaders,
+               device=device, run_dir=run_dir, run_id=run_dir.name if run_dir else None,
+               name=name, rank=world.rank, world_size=world.world_size)
+
+
+def _train(run: Run, world: Any, callbacks: tuple, resume: Any, stop_when: Any) -> RunResult:
+    state, resume_rng = LoopState(run=run), None
+    if resume is not None:
+        state, resume_rng = restore(run, resume)
+        state = attrs.evolve(state, best_weights=best_weights_beside(resume, state))
+    writing = run.run_dir is not None
+    standard = writers.standard(run) if writing and world.is_main else ()
+    stop = StopRequest().install()
+    wiring = Wiring(run=run, world=world,
+                    table=listeners((*standard, *run.recipe.callbacks, *callbacks)),
+                    checkpointer=(RunDirCheckpointer(run, world.is_main) if writing
+                                  else NoCheckpoints()),
+                    stop=stop, stop_when=stop_when)
+    try:
+        state = run_loop(wiring, state, resume_rng)
+    except RecipeRaised as raised:
+        raise RecipeFailed(str(raised), _result(run, raised.state)) from raised.__cause__
+    finally:
+        stop.restore()
+    return _result(run, state)
+
+
+def _result(run: Run, state: LoopState) -> RunResult:
+    if state.best_weights is not None:
+        run.model.load_state_dict(state.best_weights)
+    return RunResult(
+        history=history_lists(state.history), best_epoch=state.best_epoch,
+        best_val_loss=state.best_val_loss, stopped_early=state.status == "early_stopped",
+        status=state.status, run_dir=run.run_dir, model=run.model, run_id=run.run_id,
+        error=({k: v for k, v in state.error.items() if k != "traceback"}
+               if state.error else None), state=state)

@@ -1,0 +1,63 @@
+"""metrics.json: the record of a run, rewritten atomically after every validation.
+
+    {"recipe", "run_id", "status", "history": {column: [...]}, "best": {"epoch", "val_loss"},
+     "error"?: {"epoch", "step", "message"}, ...entries recipes add (ranking_v2: "baselines")}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from engine.io.files import atomic_write_json
+
+# metrics.json keys the writer owns; any other top-level key (a recipe's `baselines`) is kept
+OWN_KEYS = ("recipe", "run_id", "status", "history", "best", "error")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN or inf: a non-finite figure is written as null
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """metrics.json of a run as a dict ({} when it does not exist yet)."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
+                  history: Mapping[str, Any], best_epoch: int | None,
+                  best_val_loss: float | None, error: Mapping | None = None) -> None:
+    """Rewrite metrics.json atomically, keeping the top-level entries recipes added."""
+    data = {k: v for k, v in read_metrics(run_dir).items() if k not in OWN_KEYS}
+    data = {"recipe": recipe, "run_id": run_id, "status": status,
+            "history": {k: list(v) for k, v in history.items()},
+            "best": {"epoch": best_epoch, "val_loss": best_val_loss}, **data}
+    if error is not None:
+        data["error"] = dict(error)
+    atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))
+
+
+def add_metrics_entry(run_dir: str | Path, key: str, value: Any) -> None:
+    """Add or replace a top-level entry of metrics.json (e.g. ranking_v2's `baselines`).
+
+    Callbacks use it; the metrics writer keeps such entries when it rewrites the file.
+    """
+    if key in OWN_KEYS:
+        raise ValueError(f"metrics.json key {key!r} belongs to the engine")
+    data = read_metrics(run_dir)
+    data[key] = value
+    atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))

@@ -1,0 +1,1 @@
+"""What runs around a run: check, diagnose, lr-find, new (and its templates), runs, compare."""

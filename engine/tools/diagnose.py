@@ -1,0 +1,103 @@
+"""`python -m engine diagnose RUN_DIR`: why a run is (not) converging, read from its files.
+
+metrics.json gives the history (one entry per validation: `train_loss`, `val_loss`,
+`learning_rate`, `grad_norm`, `clipped_fraction`, `nonfinite_steps`), the status and, for a
+failed run, the error; config.toml gives the `[train]` settings. `findings(metrics, train)` is
+the pure logic over those dicts; `diagnose(run_dir)` loads them; `cli` prints the result.
+
+Findings come most serious first (error, warning, info). Epochs in the evidence count from 1, as
+the progress bar and the log do (the history itself counts from 0). A non-finite figure is null
+in metrics.json and None here.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from engine.core.errors import UserError
+from engine.tools.diagnose_rules import SEVERITIES, Finding, findings
+
+__all__ = ["SEVERITIES", "Finding", "cli", "diagnose", "findings", "load_run", "render"]
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def _shape_error(path: Path, found: str) -> UserError:
+    return UserError("not a run directory", where=str(path),
+                     expected='metrics.json of a run: {"status": ..., "history": {column: '
+                     "[values]}, ...}", found=found,
+                     hint="pass a folder under {output_dir}/models/{recipe}/runs/")
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, dict]:
+    """metrics.json and config.toml's `[train]` table of a run, checked for shape."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError("not a run directory", where=str(path),
+                        expected="a run's folder holding metrics.json",
+                        found="no such folder" if not path.exists() else "a file")
+    metrics_path = path / "metrics.json"
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _shape_error(path, "no metrics.json in it") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _shape_error(metrics_path, f"unreadable JSON ({exc})") from None
+    _check_shape(metrics_path, metrics)
+    train: dict = {}
+    if (path / "config.toml").is_file():
+        from engine.io.layering import read_toml
+        table = read_toml(path / "config.toml", "run config").get("train", {})
+        train = dict(table) if isinstance(table, Mapping) else {}
+    return metrics, _with_defaults(train)
+
+
+def _check_shape(path: Path, metrics: Any) -> None:
+    if not isinstance(metrics, dict):
+        raise _shape_error(path, f"a JSON {type(metrics).__name__}, not an object")
+    history = metrics.get("history")
+    if not isinstance(history, dict):
+        raise _shape_error(path, "no \"history\" object" if history is None
+                           else f"\"history\" is a JSON {type(history).__name__}")
+    for key, column in history.items():
+        if not isinstance(column, list):
+            raise _shape_error(path, f"history[\"{key}\"] is not a list")
+        if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)))
+               for x in column):
+            raise _shape_error(path, f"history[\"{key}\"] holds a value that is not a number")
+    if len({len(c) for c in history.values()}) > 1:
+        raise _shape_error(path, "history columns of different lengths")
+
+
+def _with_defaults(train: Mapping) -> dict:
+    # config.toml leaves out None values and may predate a field: fill from TrainConfig
+    from engine.core.config import TrainConfig
+    defaults = {f.name: f.default for f in attrs.fields(TrainConfig)}
+    return {**defaults, **train}
+
+
+def diagnose(run_dir: str | Path) -> list[Finding]:
+    """The findings for the run in `run_dir`, most serious first (UserError if not a run)."""
+    metrics, train = load_run(run_dir)
+    return findings(metrics, train)
+
+
+def render(found: Sequence[Finding]) -> str:
+    """Human text: one block per finding."""
+    return "\n\n".join(f"{f.code} ({f.severity})\n  evidence: {f.evidence}\n  advice: {f.advice}"
+                       for f in found)
+
+
+def cli(run_dir: str, as_json: bool = False) -> int:
+    """`engine diagnose RUN_DIR [--json]`: print the findings; 0 (UserError if not a run)."""
+    found = diagnose(run_dir)
+    if as_json:
+        print(json.dumps([attrs.asdict(f) for f in found], indent=2))
+    else:
+        print(f"run: {run_dir}\n")
+        print(render(found))
+    return 0
