@@ -40,6 +40,9 @@ class Run:
     name: str = ""              # the registry key, `{recipe}` in paths and metrics.json
     rank: int = 0
     world_size: int = 1
+    # metrics.json's top-level entries beyond the engine's own (a study's `study` block, a
+    # recipe's `baselines`), in memory: the metrics writer writes them with every rewrite
+    metrics_extra: dict = attrs.field(factory=dict, eq=False)
 
 
 @attrs.frozen

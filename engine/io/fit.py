@@ -33,6 +33,7 @@ from engine.io import writers
 from engine.io.checkpoint import best_weights_beside, restore
 from engine.io.checkpointer import RunDirCheckpointer
 from engine.io.files import remove_temporaries
+from engine.io.metrics import OWN_KEYS, read_metrics
 
 
 @attrs.frozen
@@ -62,12 +63,14 @@ class RecipeFailed(Exception):
 
 def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callbacks: tuple = (),
         resume: str | Path | None = None, name: str | None = None,
-        stop_when: Callable[[LoopState], str | None] | None = None) -> RunResult:
+        stop_when: Callable[[LoopState], str | None] | None = None,
+        metrics_extra: dict | None = None) -> RunResult:
     """Train `recipe` with `cfg`. With `run_dir`, write every file of a run there (created if
     missing); without, write nothing and keep the best weights in memory. `resume` names a
     checkpoint to continue from. `name` is the registry key (defaults to `recipe.name`).
     `stop_when(state)`, asked after each validation, may end the run with the status it
-    returns (a study prunes runs this way); callbacks only observe."""
+    returns (a study prunes runs this way); callbacks only observe. `metrics_extra` holds
+    top-level metrics.json entries to write with the run's own (a study's `study` block)."""
     check_inputs(recipe, cfg)
     world = distributed.from_env()
     device = resolve_device(cfg.train.device, world.local_rank if world.active else None)
@@ -80,6 +83,11 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
         # each rank's caller made its own run id: rank 0's names the run on every rank
         run_dir = distributed.from_main(run_dir, world)
         run = _set_up(recipe, cfg, world, device, run_dir, resume, name or recipe.name)
+        if resume is not None and run.run_dir is not None:
+            # a resumed run keeps the entries its metrics.json had (a study block, baselines)
+            old = read_metrics(run.run_dir)
+            run.metrics_extra.update({k: v for k, v in old.items() if k not in OWN_KEYS})
+        run.metrics_extra.update(metrics_extra or {})
         return _train(run, world, tuple(callbacks), resume, stop_when)
     finally:
         distributed.teardown(world)

@@ -40,9 +40,13 @@ def read_metrics(run_dir: str | Path) -> dict:
 
 def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
                   history: Mapping[str, Any], best_epoch: int | None,
-                  best_val_loss: float | None, error: Mapping | None = None) -> None:
-    """Rewrite metrics.json atomically, keeping the top-level entries recipes added."""
-    data = {k: v for k, v in read_metrics(run_dir).items() if k not in OWN_KEYS}
+                  best_val_loss: float | None, error: Mapping | None = None,
+                  extra: Mapping[str, Any] | None = None) -> None:
+    """Rewrite metrics.json atomically with the engine's entries and `extra` (the run's
+    `metrics_extra`, kept in memory); without `extra`, the file's other entries are kept."""
+    if extra is None:
+        extra = read_metrics(run_dir)
+    data = {k: v for k, v in extra.items() if k not in OWN_KEYS}
     data = {"recipe": recipe, "run_id": run_id, "status": status,
             "history": {k: list(v) for k, v in history.items()},
             "best": {"epoch": best_epoch, "val_loss": best_val_loss}, **data}
@@ -51,13 +55,24 @@ def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
     atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))
 
 
-def add_metrics_entry(run_dir: str | Path, key: str, value: Any) -> None:
+def add_metrics_entry(target: Any, key: str, value: Any) -> None:
     """Add or replace a top-level entry of metrics.json (e.g. ranking_v2's `baselines`).
 
-    Callbacks use it; the metrics writer keeps such entries when it rewrites the file.
+    `target` is the run (`state.run`, from a callback): the entry joins the run's
+    `metrics_extra` and is written with metrics.json's next write (each validation, the end).
+    A run directory's path instead rewrites the file now (for a run that has ended).
+
+        @listens_to(Event.FIT_END)
+        def add_test(event, state):
+            add_metrics_entry(state.run, "test", {"ndcg_at_5": 0.93})
     """
     if key in OWN_KEYS:
         raise ValueError(f"metrics.json key {key!r} belongs to the engine")
+    extra = getattr(target, "metrics_extra", None)
+    if extra is not None:
+        extra[key] = value
+        return
+    run_dir = target
     data = read_metrics(run_dir)
     data[key] = value
     atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))

@@ -52,7 +52,8 @@ class MetricsWriter:
             error = {k: state.error[k] for k in ("epoch", "step", "message")}
         write_metrics(run.run_dir, recipe=run.name, run_id=run.run_id, status=state.status,
                       history=state.history, best_epoch=state.best_epoch,
-                      best_val_loss=state.best_val_loss, error=error)
+                      best_val_loss=state.best_val_loss, error=error,
+                      extra=run.metrics_extra)
 
 
 class RunLog:

@@ -93,7 +93,7 @@ def baselines_callback(event: Event, state: Any) -> None:
         return
     if event is Event.FIT_START:
         if run.run_dir is not None:
-            add_metrics_entry(run.run_dir, "baselines", baselines_of(run.loaders))
+            add_metrics_entry(run, "baselines", baselines_of(run.loaders))
         return
     best = best_validation(state.history, state.best_epoch)
     if best:
