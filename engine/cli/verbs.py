@@ -48,6 +48,16 @@ def cmd_show(args: Any) -> int:
 
 
 def cmd_run(args: Any) -> int:
+    # first, before torch loads: a signal during start-up is a clean stop too (exit 130)
+    from engine.core.signals import StopRequest
+    stop = StopRequest().install()
+    try:
+        return _run(args)
+    finally:
+        stop.restore()
+
+
+def _run(args: Any) -> int:
     from engine.core.events import Event, listens_to
     from engine.io import resume as resuming
     from engine.io.fit import fit
@@ -87,6 +97,11 @@ def cmd_run(args: Any) -> int:
 
     result = fit(recipe, cfg, run_dir=run_dir, callbacks=(announce,), resume=checkpoint,
                  name=entry.name)
+    return _report(result, entry.name)
+
+
+def _report(result: Any, name: str) -> int:
+    """The end of `run` on stderr, and its exit code."""
     quiet = result.state is not None and result.state.run.rank != 0   # torchrun: rank 0 says it
     if result.status == "failed" and not quiet:
         print(f"error: training failed: {result.error['message']}\n"
@@ -95,8 +110,13 @@ def cmd_run(args: Any) -> int:
     if result.status == "failed":
         return EXIT_FAILED
     if result.status == "interrupted" and not quiet:
-        print(f"stopped by a signal; resume with: python -m engine run {entry.name} --resume "
-              f"{result.run_dir}", file=sys.stderr)
+        if result.state is not None and result.state.checkpoint_path is None \
+                and not (result.run_dir / "metrics.json").exists():
+            print("stopped by a signal before the first step: nothing was written",
+                  file=sys.stderr)
+        else:
+            print(f"stopped by a signal; resume with: python -m engine run {name} --resume "
+                  f"{result.run_dir}", file=sys.stderr)
     if result.status == "interrupted":
         return EXIT_SIGNAL
     return EXIT_OK

@@ -188,3 +188,15 @@ def recipe_function(exc: BaseException, recipe: Recipe) -> str:
         if module and module.replace(".", "/") in frame.filename.replace("\\", "/"):
             return f"recipe '{recipe.name}' {frame.name}"
     return f"recipe '{recipe.name}' (called from the loop)"
+
+
+def blame(exc: BaseException, recipe: Recipe, world: Any) -> str:
+    """The failure message of a run that recipe code (or a collective) ended."""
+    where = recipe_function(exc, recipe)
+    if world.active and where.endswith("(called from the loop)"):
+        # under torchrun a collective breaks here when another rank died: its own error is on
+        # its stderr; say so rather than blame this rank's recipe
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        return (f"rank {world.rank}: a collective failed, most likely because another rank "
+                f"stopped (its error is in torchrun's output): {type(exc).__name__}: {first}")
+    return f"{where} raised {type(exc).__name__}: {exc}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 
 class RunEnded(Exception):
     """Base: the run ended before its last epoch; `state` is the loop state when it did."""
@@ -32,3 +34,16 @@ class StopRequested(RunEnded):
 
 class RecipeRaised(RunEnded):
     """Recipe code (forward_batch, a callback, a loader) raised during training."""
+
+
+class StoppedBeforeStart(RunEnded):
+    """A stop signal arrived before the first step: nothing was written, nothing to resume."""
+
+
+def failed_state(state: Any, epoch: int, step: int, message: str, trace: str | None) -> Any:
+    """The state of a failed run: status `failed` and `error` = {epoch, step, message} (and
+    the traceback, which goes to train.log, not metrics.json)."""
+    error = {"epoch": epoch, "step": step, "message": message}
+    if trace:
+        error["traceback"] = trace
+    return attrs.evolve(state, status="failed", error=error)

@@ -12,73 +12,41 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import torch
 
 import steps
 from engine.core import distributed, rng
-from engine.core.building import recipe_function
+from engine.core.batches import epoch_batches, start_run
+from engine.core.building import blame
 from engine.core.errors import UserError
 from engine.core.events import Event, emit, emit_quietly
-from engine.core.failures import RecipeRaised, RunEnded, StopRequested, TrainingFailed
-from engine.core.nonfinite import Rollback, drop_step
+from engine.core.failures import (
+    RecipeRaised,
+    RunEnded,
+    StoppedBeforeStart,
+    StopRequested,
+    TrainingFailed,
+    failed_state,
+)
+from engine.core.nonfinite import drop_step
 from engine.core.recipe import StepContext
-from engine.core.state import EpochTotals, LoopState, Run, record_validation, should_validate
+from engine.core.state import EpochTotals, LoopState, record_validation, should_validate
 from engine.core.validation import history_row, validate
-from engine.core.window import FigureWindow
-
-
-class Checkpointer(Protocol):
-    """Writes a run's checkpoints; each method returns the paths it wrote (best first)."""
-
-    def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]: ...
-
-    def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]: ...
-
-
-class NoCheckpoints:
-    """The checkpointer of a run without a run directory: writes nothing."""
-
-    def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
-        return []
-
-    def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]:
-        return []
-
-
-@attrs.frozen
-class Wiring:
-    """What one run's loop is connected to: its objects, the observers (a table from
-    `engine.core.events.listeners`), the checkpointer, the stop flag, and `stop_when`, a
-    predicate asked after each validation: a status it returns (a study's "pruned") ends the
-    run after that epoch's checkpoint."""
-
-    run: Run
-    world: Any
-    table: dict
-    checkpointer: Any = attrs.field(factory=NoCheckpoints)
-    stop: Any = None
-    stop_when: Callable[[LoopState], str | None] | None = None
-    window: FigureWindow = attrs.field(init=False)
-    rollback: Rollback = attrs.field(init=False, factory=Rollback)
-
-    @window.default
-    def _window(self) -> FigureWindow:
-        train = self.run.cfg.train
-        return FigureWindow(self.world, self.run.device, train.gradient_clip_value,
-                            train.grad_accum_steps)
+from engine.core.wiring import Wiring
 
 
 def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
     """Run the epochs from `state`, with each way a run can end turned into its final state:
-    completed / early_stopped / a `stop_when` status, interrupted (a signal: last.pt written),
-    failed (a non-finite loss). Recipe code that raises ends it as RecipeRaised, carrying the
-    failed state, after FAILURE and FIT_END reached the observers."""
+    completed / early_stopped / a `stop_when` status, interrupted (a signal: last.pt written;
+    before the first step: nothing written), failed (a non-finite loss). Recipe code that raises
+    ends it as RecipeRaised, carrying the failed state, after FAILURE and FIT_END."""
     try:
         state = _ended(w, state, resume_rng)
+    except StoppedBeforeStart as stopped:
+        return attrs.evolve(stopped.state, status="interrupted")   # no observer has started
     except KeyboardInterrupt as exc:
         # a second signal, even one landing while the first one's last.pt is written: stop
         # now; the files on disk are whole (atomic writes)
@@ -103,14 +71,14 @@ def _ended(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             exc.state = state
             raise
     except TrainingFailed as failure:
-        state = _failed(failure.state, failure.epoch, failure.step, str(failure), None)
+        state = failed_state(failure.state, failure.epoch, failure.step, str(failure), None)
         emit(w.table, Event.FAILURE, state)
         return state
     except RecipeRaised as raised:
         cause = raised.__cause__ or raised
-        message = _blame(cause, w)
-        state = _failed(raised.state, raised.state.epoch, raised.state.step, message,
-                        "".join(traceback.format_exception(cause)))
+        message = blame(cause, w.run.recipe, w.world)
+        state = failed_state(raised.state, raised.state.epoch, raised.state.step, message,
+                             "".join(traceback.format_exception(cause)))
         emit_quietly(w.table, Event.FAILURE, state)
         emit_quietly(w.table, Event.FIT_END, state)
         raise RecipeRaised(message, state) from cause
@@ -118,22 +86,24 @@ def _ended(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
 
 def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
     run, train = w.run, w.run.cfg.train
+    started = False
     try:
-        emit(w.table, Event.FIT_START, state)
+        if resume_rng is not None and state.batch == 0:
+            rng.set_rng_state(resume_rng)   # the RNG as it was when last.pt was written
+            resume_rng = None
         if train.nan_policy == "rollback" and w.rollback.point is None:
             w.rollback.take(run)   # before the first epoch ends: the start
-        if resume_rng is not None and state.batch == 0:
-            # restored here, after FIT_START's observers, so that they cannot shift the RNG
-            rng.set_rng_state(resume_rng)
-            resume_rng = None
         for epoch in range(state.epoch, train.epochs):
             # --- train one epoch (a resumed run may start inside it)
             if state.batch == 0:
                 state = attrs.evolve(state, epoch=epoch, epoch_rng=rng.rng_state(), totals=
                                      EpochTotals(lr=run.optimizer.param_groups[0]["lr"]))
-            emit(w.table, Event.EPOCH_START, state)
-            state = _train_epoch(w, state, resume_rng)
+            batches = epoch_batches(run, state, resume_rng)
             resume_rng = None
+            if not started:
+                batches, started = start_run(w, state, batches), True
+            emit(w.table, Event.EPOCH_START, state)
+            state = _train_epoch(w, state, batches)
             # --- validate and decide
             validated = should_validate(epoch, train.epochs, train.validate_every_n_epochs)
             if validated:
@@ -141,7 +111,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             if run.schedule is not None and run.schedule.interval == "epoch":
                 run.schedule.scheduler.step()
             improved = validated and state.improved
-            if improved:
+            if improved:   # a device copy, no host sync: RunResult.model gets these weights
                 state = attrs.evolve(state, best_weights={
                     k: v.detach().clone() for k, v in run.model.state_dict().items()})
             if validated and w.stop_when is not None and state.status == "running":
@@ -162,6 +132,8 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             if epoch + 1 < train.epochs and distributed.any_rank(
                     w.stop.count > 0, w.world, run.device):
                 return attrs.evolve(state, status="interrupted")
+        if not started:   # nothing left to train (a resume of a finished run)
+            start_run(w, state, None)
         return state
     except (RunEnded, UserError):
         raise
@@ -186,26 +158,14 @@ def _validate(w: Wiring, state: LoopState) -> LoopState:
     return state
 
 
-def _train_epoch(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
-    run, world, window, train = w.run, w.world, w.window, w.run.cfg.train
-    model, optimizer, scaler = run.train_model, run.optimizer, run.scaler
-    forward_batch, device = run.recipe.forward_batch, run.device
-    move = run.recipe.move_batch and device.type != "cpu"   # CPU tensors need no copy
-    non_blocking = device.type == "cuda"
-    accum, clip, log_every = train.grad_accum_steps, train.gradient_clip_value, \
-        train.log_every_n_steps
-    ckpt_every = train.checkpoint_every_n_steps
-    check_each_step = train.nan_policy != "stop"   # skip/rollback: the user opted into a sync
-    autocast = steps.autocast(device, train.precision) if train.precision != "fp32" else None
-    ddp_accum = world.active and accum > 1
-    step_scheduler = (run.schedule.scheduler if run.schedule is not None
-                      and run.schedule.interval == "step" else None)
-    on_step = w.table[Event.STEP_END]
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    n_batches = len(run.loaders.train)
+def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
+    run, world, window = w.run, w.world, w.window
+    model, optimizer, scaler, device = run.train_model, run.optimizer, run.scaler, run.device
+    (move, non_blocking, accum, clip, log_every, ckpt_every, check_each_step, autocast,
+     ddp_accum, step_scheduler, params, n_batches) = w.settings
+    forward_batch, on_step = run.recipe.forward_batch, w.table[Event.STEP_END]
     epoch, step, batch_i = state.epoch, state.step, state.batch
     solo = not world.active   # under DDP every rank must read at the same steps (collectives)
-    batches = _epoch_batches(run, state, resume_rng)
     window.clear()
     dropping = False   # skip / rollback: the accumulation group holds a non-finite batch
     try:
@@ -217,17 +177,15 @@ def _train_epoch(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             loss = steps.forward_loss(model, batch, forward_batch, ctx, autocast)
             boundary = accum == 1 or (batch_i + 1) % accum == 0 or batch_i + 1 == n_batches
             batch_i += 1
-            # skip / rollback: under DDP every rank skips together (a collective per step, in
-            # the sync the user opted into), or the ranks' gradient reductions go out of step
+            # skip / rollback: under DDP every rank skips together, or the ranks' gradient
+            # reductions go out of step
             if check_each_step and distributed.any_rank(not torch.isfinite(loss), world,
                                                         device):
                 state = drop_step(run, attrs.evolve(state, step=step, batch=batch_i),
                                   w.rollback)
                 dropping = not boundary   # the rest of this accumulation group goes with it
                 continue
-            if dropping:
-                # a group with a non-finite batch makes no update at all: the other batches'
-                # gradients alone would be an update scaled for a larger group
+            if dropping:   # a group with a non-finite batch makes no update at all
                 dropping = not boundary
                 continue
             # --- backward, and an optimizer step every `accum` batches
@@ -258,27 +216,18 @@ def _train_epoch(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
                            epoch_end=True)
     except (RunEnded, UserError):
         raise
-    except KeyboardInterrupt as exc:
-        exc.state = attrs.evolve(state, step=step, batch=batch_i)
-        raise
-    except Exception as exc:
-        raise RecipeRaised(str(exc), attrs.evolve(state, step=step, batch=batch_i)) from exc
+    except BaseException as exc:
+        return _raised(exc, attrs.evolve(state, step=step, batch=batch_i))
 
 
-def _epoch_batches(run: Run, state: LoopState, resume_rng: Any) -> Any:
-    """The epoch's batch iterator; a run resumed mid-epoch replays the epoch's data order from
-    the RNG state at its start, skips the batches already trained, then restores the RNG."""
-    loader = run.loaders.train
-    distributed.set_epoch(loader, state.epoch)
-    run.train_model.train()
-    if resume_rng is None:
-        return iter(loader)
-    rng.set_rng_state(state.epoch_rng)
-    batches = iter(loader)
-    for _ in range(state.batch):
-        next(batches)
-    rng.set_rng_state(resume_rng)
-    return batches
+def _raised(exc: BaseException, state: LoopState) -> LoopState:
+    """Re-raise what ended an epoch, carrying the state it ended in."""
+    if isinstance(exc, KeyboardInterrupt):
+        exc.state = state
+        raise exc
+    if not isinstance(exc, Exception):
+        raise exc
+    raise RecipeRaised(str(exc), state) from exc
 
 
 def _save_last(w: Wiring, state: LoopState, *, mid_epoch: bool) -> LoopState:
@@ -286,22 +235,3 @@ def _save_last(w: Wiring, state: LoopState, *, mid_epoch: bool) -> LoopState:
         state = attrs.evolve(state, checkpoint_path=path)
         emit(w.table, Event.CHECKPOINT_WRITTEN, state)
     return state
-
-
-def _failed(state: LoopState, epoch: int, step: int, message: str,
-            trace: str | None) -> LoopState:
-    error = {"epoch": epoch, "step": step, "message": message}
-    if trace:
-        error["traceback"] = trace
-    return attrs.evolve(state, status="failed", error=error)
-
-
-def _blame(exc: BaseException, w: Wiring) -> str:
-    where = recipe_function(exc, w.run.recipe)
-    if w.world.active and where.endswith("(called from the loop)"):
-        # under torchrun a collective breaks here when another rank died: its own error is on
-        # its stderr; say so rather than blame this rank's recipe
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
-        return (f"rank {w.world.rank}: a collective failed, most likely because another rank "
-                f"stopped (its error is in torchrun's output): {type(exc).__name__}: {first}")
-    return f"{where} raised {type(exc).__name__}: {exc}"

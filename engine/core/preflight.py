@@ -186,8 +186,14 @@ def nonfinite_inputs(batch: Any) -> list[str]:
 def first_batch(recipe: Any, loader: Any, which: str) -> Any:
     """The loader's first batch, or a UserError naming build_loaders (a collate or dataset
     error). Draws from the global RNG: callers restore it."""
+    return draw_first_batch(recipe, iter(loader), which)
+
+
+def draw_first_batch(recipe: Any, batches: Any, which: str = "training") -> Any:
+    """The next batch of an iterator over the recipe's loader, a loader mistake (an empty
+    iterator, a collate or dataset error) as a UserError naming build_loaders."""
     try:
-        return next(iter(loader))
+        return next(batches)
     except StopIteration:
         raise UserError(f"the {which} loader yields no batch", where=where_in_recipe(
             recipe, "build_loaders"), expected="at least one batch", found="an empty iterator"
@@ -203,13 +209,22 @@ def first_batch(recipe: Any, loader: Any, which: str) -> Any:
 
 def first_batch_check(recipe: Any, cfg: Any, model: torch.nn.Module, loaders: Any,
                       device: torch.device) -> None:
-    """The first training batch's structure and one forward pass on it; the RNG and the model
-    are left as they were (eval mode, so batch-norm statistics do not move; RNG restored).
-    NaN or inf in the batch is a warning (logged): a recipe may impute missing values."""
+    """`check_batch` on the training loader's first batch (for `engine check`, which trains
+    nothing); the RNG is left as it was. A run checks the batch its loop draws instead."""
     saved_rng = rng.rng_state()
+    try:
+        check_batch(recipe, cfg, model, first_batch(recipe, loaders.train, "training"), device)
+    finally:
+        rng.set_rng_state(saved_rng)
+
+
+def check_batch(recipe: Any, cfg: Any, model: torch.nn.Module, batch: Any,
+                device: torch.device) -> None:
+    """The batch's structure and one forward pass on it, so a mistake costs seconds, not an
+    epoch; the model is left as it was (eval mode for the pass, so batch-norm statistics do
+    not move). NaN or inf in the batch is a warning (logged): a recipe may impute them."""
     was_training = model.training
     try:
-        batch = first_batch(recipe, loaders.train, "training")
         bad = nonfinite_inputs(batch)
         if bad:
             _log.warning("warning: the first training batch holds non-finite inputs (%s); "
@@ -230,4 +245,3 @@ def first_batch_check(recipe: Any, cfg: Any, model: torch.nn.Module, loaders: An
         check_step_output(out, recipe)
     finally:
         model.train(was_training)
-        rng.set_rng_state(saved_rng)

@@ -7,6 +7,15 @@ from __future__ import annotations
 import signal
 import threading
 
+# the requests whose handlers are installed, innermost last: a verb installs one when it starts
+# (a signal during start-up is a clean stop too), and the fit inside it uses that one
+_ACTIVE: list[StopRequest] = []
+
+
+def active() -> StopRequest | None:
+    """The installed stop request, if a caller (the `run` verb) installed one."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
 
 class StopRequest:
     """A flag the handler sets and the loop reads; `count` is how many signals arrived."""
@@ -30,9 +39,12 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
+        _ACTIVE.append(self)
         return self
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)

@@ -66,3 +66,6 @@ class RunDirCheckpointer:
                 old.unlink(missing_ok=True)
         written.append(str(self.folder / "last.pt"))
         return written
+
+    def close(self) -> None:
+        """Nothing pending: every write above returned once its file was in place."""

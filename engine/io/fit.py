@@ -18,17 +18,18 @@ import attrs
 import torch
 
 import steps
-from engine.core import distributed
+from engine.core import distributed, signals
 from engine.core.building import build_objects, check_inputs
 from engine.core.devices import resolve_device
 from engine.core.errors import UserError
 from engine.core.events import listeners
 from engine.core.failures import RecipeRaised
-from engine.core.loop import NoCheckpoints, Wiring, run_loop
-from engine.core.preflight import first_batch_check
+from engine.core.loop import run_loop
+from engine.core.preflight import check_batch
 from engine.core.recipe import Recipe
 from engine.core.signals import StopRequest
 from engine.core.state import LoopState, Run, history_lists
+from engine.core.wiring import NoCheckpoints, Wiring
 from engine.io import writers
 from engine.io.checkpoint import best_weights_beside, restore
 from engine.io.checkpointer import RunDirCheckpointer
@@ -94,28 +95,36 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
 
 
 def _set_up(recipe, cfg, world, device, run_dir, resume, name) -> Run:
-    """Everything a mistake can break happens before the run directory exists."""
+    """Build the run's objects; the run directory waits for the first batch's check."""
     model, loaders, optimizer, schedule = build_objects(recipe, cfg, world, device)
-    first_batch_check(recipe, cfg, model, loaders, device)
     train_model = distributed.wrap(model, world, device)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        if world.is_main:
-            try:
-                (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError("the run directory cannot be created", where=str(run_dir),
-                                expected="a folder this user can write",
-                                found=exc.strerror or str(exc)) from None
-            if resume is not None:
-                remove_temporaries(run_dir)   # what a kill during a write left behind
+    run_dir = Path(run_dir) if run_dir is not None else None
     return Run(recipe=recipe, cfg=cfg, model=model, train_model=train_model,
                optimizer=optimizer, schedule=schedule,
                scaler=steps.make_scaler(device, cfg.train.precision), loaders=loaders,
                device=device, run_dir=run_dir, run_id=run_dir.name if run_dir else None,
                name=name, rank=world.rank, world_size=world.world_size)
+
+
+def _starter(run: Run, world: Any, resumed: bool) -> Callable[[Any], None]:
+    """The loop's `before_start`: check the first batch the loop drew, then make the run
+    directory, so that every mistake a check can find is found before any folder exists."""
+    def before_start(batch: Any) -> None:
+        if batch is not None:
+            check_batch(run.recipe, run.cfg, run.model, batch, run.device)
+        if run.run_dir is None or not world.is_main:
+            return
+        try:
+            (run.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError("the run directory cannot be created", where=str(run.run_dir),
+                            expected="a folder this user can write",
+                            found=exc.strerror or str(exc)) from None
+        if resumed:
+            remove_temporaries(run.run_dir)   # what a kill during a write left behind
+    return before_start
 
 
 def _train(run: Run, world: Any, callbacks: tuple, resume: Any, stop_when: Any) -> RunResult:
@@ -125,18 +134,21 @@ def _train(run: Run, world: Any, callbacks: tuple, resume: Any, stop_when: Any) 
         state = attrs.evolve(state, best_weights=best_weights_beside(resume, state))
     writing = run.run_dir is not None
     standard = writers.standard(run) if writing and world.is_main else ()
-    stop = StopRequest().install()
+    outer = signals.active()   # the `run` verb installed the handlers when it started
+    stop = outer or StopRequest().install()
     wiring = Wiring(run=run, world=world,
                     table=listeners((*standard, *run.recipe.callbacks, *callbacks)),
                     checkpointer=(RunDirCheckpointer(run, world.is_main) if writing
                                   else NoCheckpoints()),
-                    stop=stop, stop_when=stop_when)
+                    stop=stop, before_start=_starter(run, world, resume is not None),
+                    stop_when=stop_when)
     try:
         state = run_loop(wiring, state, resume_rng)
     except RecipeRaised as raised:
         raise RecipeFailed(str(raised), _result(run, raised.state)) from raised.__cause__
     finally:
-        stop.restore()
+        if outer is None:
+            stop.restore()
     return _result(run, state)
 
 
