@@ -22,6 +22,7 @@ _EXPORTS = {
     "Event": "engine.core.events", "listens_to": "engine.core.events",
     # training
     "fit": "engine.io.fit", "RunResult": "engine.io.fit", "RecipeFailed": "engine.io.fit",
+    "wait_for_plots": "engine.io.plot_service",
     # mistakes: one clear message each (exit code 2 from the CLI)
     "UserError": "engine.core.errors", "UserErrors": "engine.core.errors",
     "raise_all": "engine.core.errors",

@@ -89,8 +89,11 @@ def train_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
 
 
 def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
-              autocast: Any = None) -> tuple[torch.Tensor, dict]:
-    """The loss and metrics of one batch without gradients (the caller sets model.eval())."""
-    with torch.no_grad(), autocast or contextlib.nullcontext():
+              autocast: Any = None, inference: bool = True) -> tuple[torch.Tensor, dict]:
+    """The loss and metrics of one batch without gradients (the caller sets model.eval()),
+    under torch.inference_mode() (no autograd bookkeeping at all), or torch.no_grad() with
+    `inference=False` for a model that keeps tensors from validation for use in training."""
+    grad_off = torch.inference_mode() if inference else torch.no_grad()
+    with grad_off, autocast or contextlib.nullcontext():
         loss, metrics = split_output(forward_batch(model, batch, ctx))
     return loss.detach(), {k: v.detach() for k, v in metrics.items()}

@@ -55,6 +55,8 @@ def cmd_run(args: Any) -> int:
         return _run(args)
     finally:
         stop.restore()
+        from engine.io.plot_service import wait_for_plots  # loaded by the run, if it plotted
+        wait_for_plots()   # metrics.png is whole when `run` returns
 
 
 def _run(args: Any) -> int:

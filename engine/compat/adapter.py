@@ -31,6 +31,7 @@ from engine.core.validation import validate
 from engine.io.checkpointer import RunDirCheckpointer
 from engine.io.files import atomic_torch_save
 from engine.io.fit import RecipeFailed, RunResult, fit
+from engine.io.plot_service import wait_for_plots
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _OVERRIDES = "BaseTrainer.from_registry overrides"
@@ -72,6 +73,7 @@ class BaseTrainer:
             self._result = exc.result
             raise
         self._built, self._decisions = None, None
+        wait_for_plots()   # the old train() returned with every file of the run written
         return self.history
 
     @property

@@ -70,6 +70,10 @@ def _ended(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
         except KeyboardInterrupt as exc:   # a second signal during the write
             exc.state = state
             raise
+        except TrainingFailed as failure:   # the stop's checkpoint could not be written
+            state = failed_state(failure.state, failure.epoch, failure.step, str(failure), None)
+            emit(w.table, Event.FAILURE, state)
+            return state
     except TrainingFailed as failure:
         state = failed_state(failure.state, failure.epoch, failure.step, str(failure), None)
         emit(w.table, Event.FAILURE, state)

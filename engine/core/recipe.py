@@ -60,7 +60,8 @@ class Recipe:
     """A model, its data and its loss, as plain functions the loop calls.
 
     `callbacks` are `(event, state) -> None` observers added to every run of this recipe.
-    `move_batch=False` tells the engine the recipe places batch tensors on the device itself.
+    `move_batch=False` tells the engine the recipe places batch tensors on the device itself;
+    `inference_mode=False` validates under no_grad instead of inference_mode.
     """
 
     name: str
@@ -73,3 +74,6 @@ class Recipe:
         schedules.plateau_on_val_loss)
     callbacks: tuple = attrs.field(default=(), converter=tuple)
     move_batch: bool = True
+    # validation under torch.inference_mode(); False: torch.no_grad(), for a model that keeps
+    # tensors made during validation (a cache) and uses them in training
+    inference_mode: bool = True

@@ -15,8 +15,8 @@ from engine.core.state import EpochTotals
 
 def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
     """`{"val_loss": ..., "val_<metric>": ...}`: means over all validation samples, weighted by
-    batch size, without gradients; one host sync per validation (and one collective under
-    torchrun)."""
+    batch size, under inference_mode (no_grad with `Recipe.inference_mode=False`); one host
+    sync per validation (and one collective under torchrun)."""
     # under DDP the plain module: DDP's forward may broadcast buffers (a collective), and the
     # ranks' validation shares may differ by a batch
     model, device = (run.model if world.active else run.train_model), run.device
@@ -30,7 +30,8 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
         if move:
             batch = steps.move_to_device(batch, device, device.type == "cuda")
         n = steps.batch_size_of(batch)
-        loss, metrics = steps.eval_step(model, batch, run.recipe.forward_batch, ctx, autocast)
+        loss, metrics = steps.eval_step(model, batch, run.recipe.forward_batch, ctx, autocast,
+                                        run.recipe.inference_mode)
         for key, value in (("val_loss", loss), *((f"val_{k}", v) for k, v in metrics.items())):
             value = value.detach().float().mean() * n
             totals[key] = totals[key] + value if key in totals else value

@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _fsync_dir(folder: Path) -> None:
     try:
@@ -50,6 +48,8 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     buffer = io.BytesIO()
+    import torch  # deferred: the plot helper process writes files and must not load torch
+
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 

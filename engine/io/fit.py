@@ -67,7 +67,9 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
         stop_when: Callable[[LoopState], str | None] | None = None,
         metrics_extra: dict | None = None) -> RunResult:
     """Train `recipe` with `cfg`. With `run_dir`, write every file of a run there (created if
-    missing); without, write nothing and keep the best weights in memory. `resume` names a
+    missing; metrics.png is drawn by a helper process and lands moments after fit returns:
+    `engine.wait_for_plots()` waits for it, as `python -m engine run` and interpreter exit do);
+    without, write nothing and keep the best weights in memory. `resume` names a
     checkpoint to continue from. `name` is the registry key (defaults to `recipe.name`).
     `stop_when(state)`, asked after each validation, may end the run with the status it
     returns (a study prunes runs this way); callbacks only observe. `metrics_extra` holds

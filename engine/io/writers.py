@@ -3,7 +3,7 @@
 - `MetricsWriter`: config.toml at the start; metrics.json after every validation and at the end.
 - `RunLog`: train.log through beautilog; a line per validation; the end-of-run summary.
 - `ProgressBar` (engine.io.progress): tqdm over each epoch's steps with the loss and rate.
-- `PlotWriter`: metrics.png at the end (and every few minutes on long runs).
+- `PlotWriter`: metrics.png after each validation and at the end, drawn by a helper process.
 
 Checkpoints (best.pt, last.pt, model.pt) are written by the checkpointer the loop is handed
 (engine.io.checkpointer), at the points the loop decides; observers hear of each through
@@ -18,9 +18,10 @@ import time
 from typing import Any
 
 from engine.core.events import Event
-from engine.io import runlog
+from engine.core.state import history_lists
+from engine.io import plot_service, runlog
 from engine.io.files import atomic_write_text
-from engine.io.metrics import read_metrics, write_metrics
+from engine.io.metrics import write_metrics
 from engine.io.progress import ProgressBar
 
 LOG = logging.getLogger("engine")
@@ -113,20 +114,17 @@ def summary(state: Any, seconds: float) -> str:
 
 
 class PlotWriter:
-    """metrics.png at the end of the run; on long runs also after a validation every 5 min."""
+    """metrics.png after every validation and at the end, drawn by the plot helper process
+    (engine.io.plot_service): training never waits for a figure; the final one is on disk
+    when `python -m engine run` returns (or after `wait_for_plots()`)."""
 
     events = frozenset({Event.VALIDATION_END, Event.FIT_END})
-    every_seconds = 300.0
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
 
     def __call__(self, event: Event, state: Any) -> None:
-        if event is Event.VALIDATION_END and time.monotonic() - self.last < self.every_seconds:
-            return
-        from engine.io.plots import plot_metrics
         run = state.run
-        metrics = read_metrics(run.run_dir)
-        if metrics.get("history", {}).get("epoch"):
-            plot_metrics(run.run_dir / "metrics.png", metrics, f"{run.name} {run.run_id}")
-        self.last = time.monotonic()
+        if not state.history.get("epoch"):
+            return
+        metrics = {**run.metrics_extra, "history": history_lists(state.history),
+                   "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss}}
+        plot_service.service().submit(run.run_dir / "metrics.png", metrics,
+                                      f"{run.name} {run.run_id}", final=event is Event.FIT_END)

@@ -67,6 +67,7 @@ def started(tmp: Path, tag: str):
 def _in_process(monkeypatch, tmp_path):
     """Resumes and the reference run go through `engine.cli.main` here (no interpreter start);
     with one thread, as the children have, so that results are comparable to the bit."""
+    monkeypatch.setenv("ENGINE_PLOTS", "inline")   # drawn here, and so patched out:
     monkeypatch.setattr("engine.io.plots.plot_metrics", lambda *a, **k: None)
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()

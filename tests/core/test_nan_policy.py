@@ -23,6 +23,7 @@ FILES = ("checkpoints/best.pt", "checkpoints/last.pt", "model.pt")
 
 @pytest.fixture(autouse=True)
 def _quiet(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENGINE_PLOTS", "inline")   # drawn here, and so patched out:
     monkeypatch.setattr("engine.io.plots.plot_metrics", lambda *a, **k: None)
     monkeypatch.chdir(tmp_path)
 

@@ -21,6 +21,7 @@ from engine.io import checkpoint as ckpt
 
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENGINE_PLOTS", "inline")   # drawn here, and so patched out:
     monkeypatch.setattr("engine.io.plots.plot_metrics", lambda *a, **k: None)
     monkeypatch.chdir(tmp_path)   # a stray new run would land in ./artifacts: keep it here
 

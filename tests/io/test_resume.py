@@ -30,6 +30,7 @@ N_SAMPLES = 40   # resume_recipe's default training set
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
     # metrics.png costs ~0.7 s a run and is not what these tests are about
+    monkeypatch.setenv("ENGINE_PLOTS", "inline")   # drawn here, and so patched out:
     monkeypatch.setattr("engine.io.plots.plot_metrics", lambda *a, **k: None)
 
 

@@ -83,3 +83,21 @@ def test_move_to_device_keeps_structure():
     assert steps.batch_size_of(batch) == 2
     assert [p for p, _ in steps.iter_tensors(batch)] == [
         "batch['x']", "batch['pair'].a", "batch['pair'].b[0]"]
+
+
+def test_eval_step_runs_under_inference_mode_unless_asked_not_to():
+    """Validation makes no autograd bookkeeping at all (inference tensors); inference=False
+    gives ordinary tensors made under no_grad."""
+    import torch as t
+
+    model = t.nn.Linear(3, 1)
+    seen = []
+
+    def forward(m, batch, ctx):
+        seen.append((t.is_inference_mode_enabled(), t.is_grad_enabled()))
+        return t.nn.functional.mse_loss(m(batch), t.zeros(len(batch), 1))
+
+    loss, _ = steps.eval_step(model, t.randn(4, 3), forward, None)
+    assert seen[-1] == (True, False) and loss.is_inference()
+    loss, _ = steps.eval_step(model, t.randn(4, 3), forward, None, inference=False)
+    assert seen[-1] == (False, False) and not loss.is_inference()

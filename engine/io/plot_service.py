@@ -1,0 +1,180 @@
+"""metrics.png off the training path: a helper process draws it while the run trains.
+
+Importing matplotlib and drawing a figure cost about 1.5 s and 0.15 s here: more than a small
+fit. So the first run in a process starts one helper process (`python -m
+engine.io.plot_service`), which imports matplotlib on another core while the first epoch
+trains, and draws each frame it is sent: the latest history after every validation (frames
+that arrive while it is busy are skipped: only the newest per file is drawn) and the final one
+at the end. `wait_for_plots()` returns once every final frame is on disk; `python -m engine
+run` calls it before it exits, and it runs at interpreter exit. Should the helper die, the
+frames it did not draw are drawn in this process, so metrics.png is never missing.
+
+`ENGINE_PLOTS=inline` draws in the training process instead (debugging, tests).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+
+class PlotService:
+    """The client side: submit frames, wait for the final ones."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._lock = threading.Condition()
+        self._next_id = 0
+        self._pending: dict[str, tuple[int, dict, str]] = {}   # path -> newest final frame
+        self._failed: dict[str, tuple[int, dict, str]] = {}
+        self._dead = False
+
+    def submit(self, path: Path, metrics: dict, title: str, final: bool) -> None:
+        """Ask for `path` to be drawn from `metrics` (a metrics.json-shaped dict)."""
+        if os.environ.get("ENGINE_PLOTS") == "inline":
+            from engine.io.plots import plot_metrics  # deferred: matplotlib is slow to import
+            plot_metrics(path, metrics, title)
+            return
+        with self._lock:
+            self._next_id += 1
+            job_id = self._next_id
+            if final:
+                self._pending[str(path)] = (job_id, metrics, title)
+        line = json.dumps({"id": job_id, "path": str(path), "metrics": metrics,
+                           "title": title}, allow_nan=True)
+        if not self._send(line) and final:
+            self._draw_pending()
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Return once every final frame submitted so far is drawn (here, if the helper is
+        gone or too slow)."""
+        with self._lock:
+            self._lock.wait_for(lambda: not self._pending or self._dead, timeout)
+        self._draw_pending()
+
+    # --- the helper process ---------------------------------------------------------------
+    def _send(self, line: str) -> bool:
+        try:
+            if self._proc is None and not self._dead:
+                self._start()
+            if self._dead:
+                return False
+            self._proc.stdin.write(line + "\n")
+            self._proc.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            self._mark_dead()
+            return False
+
+    def _start(self) -> None:
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.io.plot_service"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+            start_new_session=True)   # a Ctrl-C meant for the run must not kill the drawing
+        threading.Thread(target=self._read_acks, daemon=True).start()
+
+    def _read_acks(self) -> None:
+        for line in self._proc.stdout:
+            try:
+                ack = json.loads(line)
+            except ValueError:
+                continue
+            with self._lock:
+                job = self._pending.get(ack["path"])
+                if job is not None and job[0] <= ack["id"]:
+                    if ack["ok"]:
+                        del self._pending[ack["path"]]
+                    else:   # drawn again here by wait(), which logs why it fails
+                        self._failed[ack["path"]] = self._pending.pop(ack["path"])
+                self._lock.notify_all()
+        self._mark_dead()
+
+    def _mark_dead(self) -> None:
+        with self._lock:
+            self._dead = True
+            self._lock.notify_all()
+
+    def _draw_pending(self) -> None:
+        with self._lock:
+            jobs = [*self._pending.items(), *self._failed.items()]
+            self._pending, self._failed = {}, {}
+        if jobs:
+            from engine.io.plots import plot_metrics  # deferred: matplotlib is slow to import
+            for path, (_, metrics, title) in jobs:
+                try:
+                    plot_metrics(path, metrics, title)
+                except Exception as exc:   # a plot never fails a run: metrics.json is the record
+                    logging.getLogger("engine").warning(
+                        "warning: %s could not be drawn: %s: %s", path, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        self.wait()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.stdin.close()
+
+
+_SERVICE: PlotService | None = None
+
+
+def service() -> PlotService:
+    """The process's plot service (made on first use)."""
+    global _SERVICE
+    if _SERVICE is None:
+        _SERVICE = PlotService()
+        atexit.register(_SERVICE.close)
+    return _SERVICE
+
+
+def wait_for_plots(timeout: float = 120.0) -> None:
+    """Every metrics.png submitted so far is on disk when this returns."""
+    if _SERVICE is not None:
+        _SERVICE.wait(timeout)
+
+
+# --- the helper's side ------------------------------------------------------------------------
+
+def serve() -> None:
+    """Read frames from stdin, draw the newest per file, acknowledge each drawn (or failed)
+    frame as a JSON line {"id", "path", "ok"}."""
+    from engine.io.plots import plot_metrics  # deferred: the helper imports it while idle
+
+    newest: dict[str, dict] = {}
+    ready = threading.Condition()
+    closed = []
+
+    def read() -> None:
+        for line in sys.stdin:
+            job = json.loads(line)
+            with ready:
+                newest[job["path"]] = job   # a frame not yet drawn is skipped for a newer one
+                ready.notify()
+        with ready:
+            closed.append(True)
+            ready.notify()
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        with ready:
+            ready.wait_for(lambda: newest or closed)
+            if not newest:
+                return
+            path, job = newest.popitem()
+        try:
+            plot_metrics(path, job["metrics"], job["title"])
+            ok = True
+        except Exception:   # one bad frame must not end the others
+            ok = False
+        print(json.dumps({"id": job["id"], "path": path, "ok": ok}), flush=True)
+
+
+if __name__ == "__main__":
+    serve()

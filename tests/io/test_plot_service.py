@@ -1,0 +1,80 @@
+"""metrics.png is drawn by a helper process: the final frame is on disk after wait_for_plots,
+shows the run's history, and is drawn here when the helper is gone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from engine.io import plot_service
+
+
+def _metrics(n: int) -> dict:
+    return {"history": {"epoch": list(range(n)), "train_loss": [1.0 / (i + 1) for i in range(n)],
+                        "val_loss": [1.2 / (i + 1) for i in range(n)],
+                        "learning_rate": [1e-3] * n}, "best": {"epoch": n - 1}}
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_final_frames_are_drawn_by_the_helper_and_waited_for(tmp_path: Path, monkeypatch):
+    """Many frames for two files: after wait(), each file holds its last frame (the helper
+    drew it: no matplotlib in this process) and nothing is pending."""
+    monkeypatch.delenv("ENGINE_PLOTS", raising=False)
+    service = plot_service.PlotService()
+    for n in range(1, 6):
+        for name in ("a.png", "b.png"):
+            service.submit(tmp_path / name, _metrics(n), name, final=n == 5)
+    service.wait(timeout=120)
+    assert _is_png(tmp_path / "a.png") and _is_png(tmp_path / "b.png")
+    assert service._proc is not None and service._pending == {}
+    service.close()
+
+
+@pytest.mark.slow
+def test_a_dead_helper_leaves_no_plot_missing(tmp_path: Path, monkeypatch):
+    """Kill the helper before the final frame: wait() draws it in this process."""
+    monkeypatch.delenv("ENGINE_PLOTS", raising=False)
+    service = plot_service.PlotService()
+    service.submit(tmp_path / "warm.png", _metrics(2), "warm", final=True)
+    service.wait(timeout=120)
+    os.kill(service._proc.pid, signal.SIGKILL)
+    service._proc.wait()
+    service.submit(tmp_path / "final.png", _metrics(3), "final", final=True)
+    service.wait(timeout=60)
+    assert _is_png(tmp_path / "final.png")
+
+
+def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
+    """The PlotWriter sends the run's own history (from the loop state, not a re-read file)."""
+    import attrs
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from engine import Loaders, Recipe, TrainConfig, fit
+
+    @attrs.frozen
+    class Cfg:
+        train: TrainConfig = TrainConfig(epochs=3, batch_size=8, device="cpu")
+
+    sent = []
+    monkeypatch.setattr(plot_service.PlotService, "submit",
+                        lambda self, path, metrics, title, final: sent.append((metrics, final)))
+    x = torch.randn(32, 3)
+    recipe = Recipe(name="p", config=Cfg, build_model=lambda c: torch.nn.Linear(3, 3),
+                    build_loaders=lambda c: Loaders(DataLoader(TensorDataset(x, x), 8),
+                                                    DataLoader(TensorDataset(x, x), 8)),
+                    forward_batch=lambda m, b, ctx: torch.nn.functional.mse_loss(m(b[0]), b[1]))
+    result = fit(recipe, Cfg(), run_dir=tmp_path / "run")
+    assert [final for _, final in sent] == [False, False, False, True]
+    metrics, _ = sent[-1]
+    assert metrics["history"]["val_loss"] == result.history["val_loss"]
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["history"]["epoch"] == on_disk["history"]["epoch"] == [0, 1, 2]
