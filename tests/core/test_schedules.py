@@ -1,4 +1,4 @@
-"""The schedule builders of engine.core.schedules: exact learning-rate curves and parameter groups."""
+"""The optimizer and schedule builders: exact learning-rate curves and parameter groups."""
 
 from __future__ import annotations
 
