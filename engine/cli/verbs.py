@@ -50,7 +50,10 @@ def cmd_show(args: Any) -> int:
 def cmd_run(args: Any) -> int:
     # first, before torch loads: a signal during start-up is a clean stop too (exit 130)
     from engine.core.signals import StopRequest
+    from engine.io import plot_service
     stop = StopRequest().install()
+    if os.environ.get("RANK", "0") == "0":   # under torchrun rank 0 alone draws
+        plot_service.service().warm()   # its matplotlib import overlaps this process's torch
     try:
         return _run(args)
     finally:

@@ -51,6 +51,15 @@ class PlotService:
         if not self._send(line) and final:
             self._draw_pending()
 
+    def warm(self) -> None:
+        """Start the helper now, so it imports matplotlib while this process imports torch
+        and trains (a no-op once started, or with ENGINE_PLOTS=inline)."""
+        if os.environ.get("ENGINE_PLOTS") != "inline" and self._proc is None and not self._dead:
+            try:
+                self._start()
+            except OSError:
+                self._mark_dead()
+
     def wait(self, timeout: float = 120.0) -> None:
         """Return once every final frame submitted so far is drawn (here, if the helper is
         gone or too slow)."""

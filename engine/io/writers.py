@@ -118,10 +118,13 @@ class PlotWriter:
     (engine.io.plot_service): training never waits for a figure; the final one is on disk
     when `python -m engine run` returns (or after `wait_for_plots()`)."""
 
-    events = frozenset({Event.VALIDATION_END, Event.FIT_END})
+    events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FIT_END})
 
     def __call__(self, event: Event, state: Any) -> None:
         run = state.run
+        if event is Event.FIT_START:
+            plot_service.service().warm()   # matplotlib loads in the helper while we train
+            return
         if not state.history.get("epoch"):
             return
         metrics = {**run.metrics_extra, "history": history_lists(state.history),
