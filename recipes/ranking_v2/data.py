@@ -53,6 +53,12 @@ class RankingData:
     model_tokens: torch.Tensor    # [M, Tm, D] float32
     model_mask: torch.Tensor      # [M, Tm] bool
     scores: torch.Tensor          # [N, M] float32, NaN = unknown
+    # how messages name it: the file, or the synthetic data not yet written to `path`
+    name: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", str(self.path))
 
     @property
     def token_dim(self) -> int:
@@ -189,7 +195,7 @@ def load_data(path: str | Path) -> RankingData:
     return data_from_dict(path, _read(path))
 
 
-def data_from_dict(path: Path, obj: dict) -> RankingData:
+def data_from_dict(path: Path, obj: dict, name: str = "") -> RankingData:
     """Check a data file's dict (read from `path`, or generated for it) and wrap it."""
     raise_all(_check_arrays(path, obj))
     raise_all(_check_shapes(path, obj))
@@ -197,14 +203,15 @@ def data_from_dict(path: Path, obj: dict) -> RankingData:
     return RankingData(
         path=path, dataset_tokens=dt, model_tokens=mt, scores=obj["scores"].float(),
         dataset_mask=obj.get("dataset_mask", torch.ones(dt.shape[:2], dtype=torch.bool)),
-        model_mask=obj.get("model_mask", torch.ones(mt.shape[:2], dtype=torch.bool)))
+        model_mask=obj.get("model_mask", torch.ones(mt.shape[:2], dtype=torch.bool)),
+        name=name)
 
 
 def check_candidates(data: RankingData, k: int) -> None:
     """K candidates per dataset need at least K models in the file."""
     if data.num_models < k:
         raise UserError("fewer models than candidates per dataset",
-                        where=f"{data.path} and data.num_candidates = {k}",
+                        where=f"{data.name} and data.num_candidates = {k}",
                         expected=f"model_tokens [M, Tm, D] with M >= {k}",
                         found=f"model_tokens {_shape(data.model_tokens)}, scores "
                         f"{_shape(data.scores)} (M = {data.num_models})",
@@ -266,7 +273,8 @@ def config_data(cfg: Any) -> RankingData:
     path = synthetic_path(cfg)
     if path.exists():
         return load_data(path)
-    return data_from_dict(path, generate(synthetic_settings(cfg)))
+    return data_from_dict(path, generate(synthetic_settings(cfg)),
+                          f"the synthetic data (generated in memory; a run caches it as {path})")
 
 
 def ensure_data_file(cfg: Any) -> Path:

@@ -129,7 +129,7 @@ def check_input_dim(cfg: Any, data: RankingData) -> int:
     forced = cfg.model.input_dim
     if forced is not None and forced != data.token_dim:
         raise UserError("the data's token width does not match the model's input width",
-                        where=f"{data.path} and model.input_dim = {forced}",
+                        where=f"{data.name} and model.input_dim = {forced}",
                         expected=f"tokens [..., {forced}] for a model with input_dim {forced}",
                         found=f"dataset_tokens {list(data.dataset_tokens.shape)}, model_tokens "
                         f"{list(data.model_tokens.shape)} (D = {data.token_dim})",
@@ -153,7 +153,7 @@ def load_checked(cfg: Any) -> tuple[RankingData, Split]:
     split (checked: every part non-empty)."""
     data = config_data(cfg)
     check_candidates(data, cfg.data.num_candidates)
-    return data, split_datasets(len(data.scores), cfg.data, str(data.path))
+    return data, split_datasets(len(data.scores), cfg.data, data.name)
 
 
 def build_loaders(cfg: Any) -> Loaders:
@@ -161,7 +161,7 @@ def build_loaders(cfg: Any) -> Loaders:
     data, split = load_checked(cfg)
     input_dim = check_input_dim(cfg, data)
     train, val, test = make_splits(data, cfg.data.num_candidates, split, cfg.data.split_seed)
-    check_example(val[0], input_dim, f"{data.path} (validation example 0)")
+    check_example(val[0], input_dim, f"{data.name} (validation example 0)")
     workers = cfg.train.num_workers
     common = {"batch_size": cfg.train.batch_size, "collate_fn": collate, "num_workers": workers,
               "persistent_workers": workers > 0}
