@@ -57,7 +57,7 @@ def baselines_of(loaders: Any) -> dict[str, dict[str, float]]:
     return baselines_on(loaders.train.dataset, loaders.val.dataset)
 
 
-def test_baselines_of(loaders: Any) -> dict[str, dict[str, float]]:
+def heldout_baselines_of(loaders: Any) -> dict[str, dict[str, float]]:
     """The same baselines on the held-out test lists."""
     return baselines_on(loaders.train.dataset, loaders.val.dataset.held_out)
 

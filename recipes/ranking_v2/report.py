@@ -29,8 +29,8 @@ from engine import Event, add_metrics_entry, listens_to
 from recipes.ranking_v2.baselines import (
     baselines_of,
     best_validation,
+    heldout_baselines_of,
     summary_table,
-    test_baselines_of,
 )
 from recipes.ranking_v2.data import ensure_data_file
 from recipes.ranking_v2.loader import collate
@@ -78,7 +78,7 @@ def test_figures(state: Any) -> dict[str, dict[str, float]] | None:
     train = run.cfg.train
     model = score_lists(run.model, weights, run.loaders.val.dataset.held_out, run.device,
                         train.batch_size, train.precision)
-    return {"model": model, **test_baselines_of(run.loaders)}
+    return {"model": model, **heldout_baselines_of(run.loaders)}
 
 
 def _log_table(state: Any, test: dict | None) -> None:
