@@ -145,3 +145,21 @@ def test_a_forced_input_dim_exits_2_naming_both_shapes(tmp_path):
                 "model.input_dim=7")
     assert done.returncode == 2, done.stderr[-3000:]
     assert "input_dim = 7" in done.stderr and "dataset_tokens [20, 16, 32]" in done.stderr
+
+
+def test_a_finished_run_resumed_without_test_figures_gets_them_at_fit_end(tmp_path):
+    """The FIT_END path: a finished run whose metrics.json lacks `test` (resumed with no epoch
+    left) is evaluated at FIT_END, after the metrics writer, and the file is rewritten."""
+    cfg = small_config(tmp_path, "train.epochs=2", "data.synthetic_datasets=60")
+    run_dir = tmp_path / "run"
+    fit(recipe, cfg, run_dir=run_dir)
+    path = run_dir / "metrics.json"
+    first = json.loads(path.read_text())
+    assert set(first["test"]) == {"model", "random", "popularity", "oracle"}
+    path.write_text(json.dumps({k: v for k, v in first.items() if k != "test"}))
+    result = fit(recipe, cfg, run_dir=run_dir, resume=run_dir / "checkpoints" / "last.pt")
+    assert result.history["epoch"] == [0, 1]  # nothing was trained again
+    again = json.loads(path.read_text())
+    for ranker, figures in first["test"].items():
+        assert again["test"][ranker] == pytest.approx(figures, abs=1e-6), ranker
+    assert again["split"] == first["split"] and again["status"] == first["status"]
