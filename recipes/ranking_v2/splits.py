@@ -43,8 +43,9 @@ def _rounded(n: int, fraction: float) -> int:
 
 def _empty(part: str, key: str, value: float, detail: str, source: str) -> UserError:
     return UserError(f"data.{key} leaves the {part} part empty", where=f"data.{key} = {value}",
-                     expected=f"a {part} part of at least one dataset", found=f"{detail} "
-                     f"({source})", hint="use a larger data file or change the fraction")
+                     expected=f"a {part} part of at least one dataset",
+                     found=f"{detail}; data: {source}",
+                     hint="use a larger data file or change the fraction")
 
 
 def _fold_errors(n: int, data: Any, source: str) -> list[UserError]:

@@ -238,3 +238,12 @@ def test_popularity_and_baselines_by_hand():
     assert b["random"]["top1_hit"] == pytest.approx(1 / 3)
     assert b["random"]["kendall_tau"] == pytest.approx(0.0)
     assert all(math.isfinite(v) for name in b for v in b[name].values())
+
+
+def test_too_few_datasets_to_split(tmp_path):
+    """Two datasets cannot make disjoint train, val and test parts: the file is named."""
+    path = make_file(tmp_path / "d.pt", n=2)
+    with pytest.raises(UserError) as e:
+        build_loaders(config(tmp_path, path=str(path)))
+    assert "too few datasets" in message(e) and "at least 3" in message(e)
+    assert "dataset_tokens [2, 3, 4]" in message(e)
