@@ -83,14 +83,14 @@ def test_the_command_line_run_writes_split_baselines_and_test(tmp_path):
     """`python -m engine run ranking_v2` finishes; metrics.json holds the split (a partition of
     the datasets), the val baselines and the test figures; train.log has the final table."""
     sets = [a for flag in SMALL[:1] + SMALL[2:] for a in ("--set", flag)]
-    done = _cli(tmp_path, *sets, "--set", "train.epochs=3")
+    done = _cli(tmp_path, *sets, "--set", "train.epochs=3", "--set", "data.synthetic_datasets=60")
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "artifacts" / "models" / "ranking_v2" / "runs").iterdir())
     assert len(runs) == 1
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     split = metrics["split"]
-    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(200))
-    assert len(split["test"]) == 30 and len(split["val"]) == 34
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(60))
+    assert len(split["test"]) == 9 and len(split["val"]) == 10
     for entry in ("baselines", "test"):
         assert set(metrics[entry]) >= {"random", "popularity", "oracle"}
         for figures in metrics[entry].values():
@@ -121,7 +121,8 @@ def test_check_writes_nothing(tmp_path):
     data is generated in memory; only a run caches it)."""
     (tmp_path / "tmp").mkdir()
     done = _cli(tmp_path, "--set", "data.synthetic_datasets=40", "--set",
-                "data.synthetic_models=12", verb="check")
+                "data.synthetic_models=12", "--set", "model.hidden_dim=16", "--set",
+                "model.ff_dim=32", verb="check")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "0 FAIL" in done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]
