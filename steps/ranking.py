@@ -4,17 +4,21 @@ Every function takes `[B, K]` tensors: one row per query (a dataset), one column
 (a model). `pred` holds the model's scores (higher = better), `scores` the true scores (higher =
 better, NaN where unknown), `mask` (optional, bool) marks the candidates that are real; the
 candidates used are `mask & isfinite(scores)` ("observed"). Padding and unknown scores are thus
-ignored everywhere. A row with no observed candidate adds nothing to the batch means (no pair
-for the pairwise loss). Nothing here calls `.item()`: losses and metrics stay on the device as
-0-dim tensors, so a loop can read them when it chooses.
+ignored everywhere (weighted tau on a row is scipy.stats.weightedtau on its observed entries).
+A row with no observed candidate adds nothing to the batch means (no pair for the pairwise
+loss). Nothing here reads a value on the host (`.item()`, `bool(tensor)`) or builds a tensor
+from host data: losses and metrics stay on the device as 0-dim tensors, so a loop can read them
+when it chooses (tests/steps/test_meta_device.py runs them all on the meta device).
 
 Ties are part of the definitions, not an accident of `torch.sort`:
 - in the true scores, ListNet gives tied candidates equal target mass, ListMLE uses Breslow's
   tie set (a tied candidate competes with every candidate tied with it), RankNet's target for a
   tied pair is 1/2;
-- in the predictions, each metric is its expectation over a uniformly random order among the
-  tied candidates. So a constant prediction gives exactly the random-order expectation of every
-  metric (the "random" baseline), and the metrics never depend on the order of the columns.
+- in the predictions, NDCG, top-1 hit, regret@1 and rel@1 are their expectation over a
+  uniformly random order among the tied candidates, and the two taus count a tied pair neither
+  way (tau-b). So a constant prediction gives the random-order expectation of every metric
+  (the "random" baseline; for weighted tau exactly when the true scores have no ties), and
+  the metrics never depend on the order of the columns.
 """
 
 from __future__ import annotations
