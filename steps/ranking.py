@@ -4,17 +4,21 @@ Every function takes `[B, K]` tensors: one row per query (a dataset), one column
 (a model). `pred` holds the model's scores (higher = better), `scores` the true scores (higher =
 better, NaN where unknown), `mask` (optional, bool) marks the candidates that are real; the
 candidates used are `mask & isfinite(scores)` ("observed"). Padding and unknown scores are thus
-ignored everywhere. A row with no observed candidate adds nothing to the batch means (no pair
-for the pairwise loss). Nothing here calls `.item()`: losses and metrics stay on the device as
-0-dim tensors, so a loop can read them when it chooses.
+ignored everywhere (weighted tau on a row is scipy.stats.weightedtau on its observed entries).
+A row with no observed candidate adds nothing to the batch means (no pair for the pairwise
+loss). Nothing here reads a value on the host (`.item()`, `bool(tensor)`) or builds a tensor
+from host data: losses and metrics stay on the device as 0-dim tensors, so a loop can read them
+when it chooses (tests/steps/test_meta_device.py runs them all on the meta device).
 
 Ties are part of the definitions, not an accident of `torch.sort`:
 - in the true scores, ListNet gives tied candidates equal target mass, ListMLE uses Breslow's
   tie set (a tied candidate competes with every candidate tied with it), RankNet's target for a
   tied pair is 1/2;
-- in the predictions, each metric is its expectation over a uniformly random order among the
-  tied candidates. So a constant prediction gives exactly the random-order expectation of every
-  metric (the "random" baseline), and the metrics never depend on the order of the columns.
+- in the predictions, NDCG, top-1 hit, regret@1 and rel@1 are their expectation over a
+  uniformly random order among the tied candidates, and the two taus count a tied pair neither
+  way (tau-b). So a constant prediction gives the random-order expectation of every metric
+  (the "random" baseline; for weighted tau exactly when the true scores have no ties), and
+  the metrics never depend on the order of the columns.
 """
 
 from __future__ import annotations
@@ -64,10 +68,10 @@ def listnet_loss(pred: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | 
     m = observed_mask(scores, mask)
     valid = m.any(-1)
     m = m | ~valid[:, None]  # an empty row computes on all columns, then gets weight 0
-    neg_inf = torch.tensor(float("-inf"), dtype=pred.dtype, device=pred.device)
-    target = torch.where(m, scores.nan_to_num(0.0) / temperature, neg_inf)
+    # a Python scalar fill: no tensor made from host data, so no host-to-device copy per step
+    target = (scores.nan_to_num(0.0) / temperature).masked_fill(~m, float("-inf"))
     p = torch.softmax(target, dim=-1)
-    log_q = torch.log_softmax(torch.where(m, pred, neg_inf), dim=-1)
+    log_q = torch.log_softmax(pred.masked_fill(~m, float("-inf")), dim=-1)
     per_row = -torch.where(m, p * torch.where(m, log_q, 0.0), 0.0).sum(-1)
     return _row_mean(per_row, valid)
 
@@ -194,35 +198,93 @@ def regret_at_1(pred: torch.Tensor, scores: torch.Tensor,
     return _row_mean(regret, valid)
 
 
+def _pair_signs(pred: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor | None):
+    """Observed rows, masked scores, the observed ordered pairs and their sign products."""
+    m = observed_mask(scores, mask)
+    s = torch.where(m, scores, torch.zeros_like(scores))
+    k = pred.shape[-1]
+    pairs = m[:, :, None] & m[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=pred.device)
+    dp = torch.sign(pred[:, :, None] - pred[:, None, :])
+    ds = torch.sign(s[:, :, None] - s[:, None, :])
+    return m, s, pairs.to(s.dtype), dp, ds
+
+
+def _tau(agree: torch.Tensor, dp: torch.Tensor, ds: torch.Tensor, w: torch.Tensor):
+    """sum w * sign product / sqrt(weight of pairs untied in pred * untied in scores), with 0
+    where undefined (either side all tied), clamped to [-1, 1] as scipy does."""
+    num = (agree * w).sum((-1, -2))
+    denom = (((dp != 0).to(w.dtype) * w).sum((-1, -2)) * ((ds != 0).to(w.dtype) * w).sum(
+        (-1, -2))).sqrt()
+    return torch.where(denom > 0, num / denom.clamp(min=1e-12), 0.0).clamp(-1.0, 1.0)
+
+
 def kendall_tau(pred: torch.Tensor, scores: torch.Tensor,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """Kendall's tau-b between `pred` and the true scores over observed candidates, mean over
     rows: `(concordant - discordant) / sqrt((n0 - n_pred_ties) (n0 - n_score_ties))` with n0
     the number of pairs. A row where either side is all tied (or has one candidate) has no
     defined tau and counts as 0, the expectation under a random order."""
-    m = observed_mask(scores, mask)
-    valid = m.any(-1)
-    s = torch.where(m, scores, torch.zeros_like(scores))
-    k = pred.shape[-1]
-    pairs = m[:, :, None] & m[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=pred.device)
-    dp = torch.sign(pred[:, :, None] - pred[:, None, :])
-    ds = torch.sign(s[:, :, None] - s[:, None, :])
-    w = pairs.to(s.dtype)
+    m, _, w, dp, ds = _pair_signs(pred, scores, mask)
     # ordered pairs count every unordered pair twice; the factors of 2 cancel in the ratio
-    agree = (dp * ds * w).sum((-1, -2))
-    untied_p = ((dp != 0).to(s.dtype) * w).sum((-1, -2))
-    untied_s = ((ds != 0).to(s.dtype) * w).sum((-1, -2))
-    denom = (untied_p * untied_s).sqrt()
-    tau = torch.where(denom > 0, agree / denom.clamp(min=1e-12), 0.0)
-    return _row_mean(tau, valid)
+    return _row_mean(_tau(dp * ds, dp, ds, w), m.any(-1))
+
+
+def _lex_ranks(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Each observed candidate's 0-based position when sorted by `a` decreasing, ties by `b`
+    decreasing, then by column (the order of candidates tied in both changes nothing)."""
+    col = torch.arange(a.shape[-1], device=a.device)
+    earlier = col[None, :] < col[:, None]  # [i, j]: j comes before i
+    a_i, a_j, b_i, b_j = a[:, :, None], a[:, None, :], b[:, :, None], b[:, None, :]
+    ahead = (a_j > a_i) | ((a_j == a_i) & ((b_j > b_i) | ((b_j == b_i) & earlier)))
+    return (m[:, None, :] & ahead).sum(-1)
+
+
+def weighted_tau(pred: torch.Tensor, scores: torch.Tensor,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Vigna's weighted Kendall tau, as `scipy.stats.weightedtau(pred, scores)` computes it by
+    default, over the observed candidates of each row; mean over rows.
+
+    A pair (i, j) weighs `1/(r_i + 1) + 1/(r_j + 1)` (hyperbolic weigher, additive), r the
+    0-based rank, so swaps near the top cost most; `tau_r = sum w sign(dp) sign(ds) /
+    sqrt(sum_{pred untied} w * sum_{scores untied} w)` (ties as in tau-b). scipy's default
+    (`rank=True`) averages two rankings: by pred decreasing (ties by score), and by score
+    decreasing (ties by pred); so does this. Unknown (NaN) scores and masked candidates are
+    dropped, like `scipy.stats.weightedtau(pred[seen], scores[seen])`; a row where either side
+    is all tied (or with one candidate), where scipy returns NaN, counts as 0.
+    """
+    m, s, w, dp, ds = _pair_signs(pred, scores, mask)
+    agree = dp * ds
+    taus = []
+    for rank in (_lex_ranks(pred, s, m), _lex_ranks(s, pred, m)):
+        h = 1.0 / (rank.to(s.dtype) + 1.0)
+        taus.append(_tau(agree, dp, ds, w * (h[:, :, None] + h[:, None, :])))
+    return _row_mean((taus[0] + taus[1]) / 2, m.any(-1))
+
+
+def rel_at_1(pred: torch.Tensor, scores: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The (expected) true score of the model's first pick over the best observed score: 1 for
+    a perfect pick; mean over rows. Meant for positive scores (accuracies): a row whose best
+    observed score is not above 0 has no ratio and is left out of the mean."""
+    _, valid, pick, s, best = _top1(pred, scores, mask)
+    best = best[:, 0]
+    ratio = (pick * s).sum(-1) / best.clamp(min=torch.finfo(s.dtype).tiny)
+    return _row_mean(ratio, valid & (best > 0))
+
+
+METRICS = ("ndcg_at_1", "ndcg_at_3", "ndcg_at_5", "weighted_tau", "kendall_tau", "top1_hit",
+           "regret_at_1", "rel_at_1")
 
 
 def ranking_metrics(pred: torch.Tensor, scores: torch.Tensor,
                     mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The ranking figures a validation logs: NDCG@1/3/5, Kendall's tau-b, top-1 hit, regret@1."""
+    """The ranking figures a validation logs (`METRICS`): NDCG@1/3/5, weighted and plain
+    Kendall's tau, top-1 hit, regret@1 and the relative score of the top pick."""
     pred = pred.detach()
     out = {f"ndcg_at_{k}": ndcg_at_k(pred, scores, mask, k) for k in (1, 3, 5)}
+    out["weighted_tau"] = weighted_tau(pred, scores, mask)
     out["kendall_tau"] = kendall_tau(pred, scores, mask)
     out["top1_hit"] = top1_hit(pred, scores, mask)
     out["regret_at_1"] = regret_at_1(pred, scores, mask)
+    out["rel_at_1"] = rel_at_1(pred, scores, mask)
     return out

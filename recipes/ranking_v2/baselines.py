@@ -1,28 +1,21 @@
-"""What a practitioner would do without the model, on the same validation lists:
+"""What a practitioner would do without the model, on the same val or test lists:
 
 - random: the expectation over uniformly random orders (computed exactly: a constant prediction
-  makes every tie-aware metric in `steps.ranking` its random-order expectation);
-- popularity: rank models by their mean TRAINING score (NaN ignored), the same for every dataset;
+  makes every tie-aware metric in `steps.ranking` its random-order expectation; the two taus
+  are 0, exact for weighted tau when the true scores have no ties);
+- popularity: rank models by their mean TRAINING score (NaN ignored; training datasets only,
+  never val or test), the same order for every dataset;
 - oracle: rank by the true scores (the ceiling).
-
-`baselines_callback` writes them to metrics.json as `baselines` when a run starts and logs the
-best validation against them when it ends.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 import torch
 
-from engine import Event, add_metrics_entry, listens_to
-from steps.ranking import ranking_metrics
-
-log = logging.getLogger("recipes.ranking_v2")
-
-METRICS = ("ndcg_at_1", "ndcg_at_3", "ndcg_at_5", "kendall_tau", "top1_hit", "regret_at_1")
+from steps.ranking import METRICS, ranking_metrics
 
 
 def popularity(train_scores: torch.Tensor) -> torch.Tensor:
@@ -35,43 +28,38 @@ def popularity(train_scores: torch.Tensor) -> torch.Tensor:
     return torch.where(known, mean, floor)
 
 
-def compute_baselines(train_scores: torch.Tensor, val_candidates: torch.Tensor,
-                      val_scores: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Baseline metrics over validation lists.
+def compute_baselines(train_scores: torch.Tensor, candidates: torch.Tensor,
+                      scores: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Baseline metrics over fixed candidate lists.
 
-    `train_scores` [n_train, M] (NaN = unknown), `val_candidates` [n_val, K] model indices,
-    `val_scores` [n_val, K] the candidates' true scores (NaN = unknown).
+    `train_scores` [n_train, M] (NaN = unknown), `candidates` [n, K] model indices, `scores`
+    [n, K] the candidates' true scores (NaN = unknown).
     """
-    observed = torch.isfinite(val_scores)
+    observed = torch.isfinite(scores)
     preds = {
-        "random": torch.zeros_like(val_scores),
-        "popularity": popularity(train_scores)[val_candidates],
-        "oracle": torch.where(observed, val_scores, torch.zeros_like(val_scores)),
+        "random": torch.zeros_like(scores),
+        "popularity": popularity(train_scores)[candidates],
+        "oracle": torch.where(observed, scores, torch.zeros_like(scores)),
     }
-    return {name: {k: float(v) for k, v in ranking_metrics(pred, val_scores).items()}
+    return {name: {k: float(v) for k, v in ranking_metrics(pred, scores).items()}
             for name, pred in preds.items()}
 
 
+def baselines_on(train: Any, lists: Any) -> dict[str, dict[str, float]]:
+    """Baselines on fixed `lists` (a val or test CandidateLists), popularity from `train`."""
+    return compute_baselines(train.scores, lists.candidates,
+                             torch.gather(lists.scores, 1, lists.candidates))
+
+
 def baselines_of(loaders: Any) -> dict[str, dict[str, float]]:
-    """Baselines for a run's loaders (read from their datasets: no loader is iterated, so the
-    global RNG, which an exact resume depends on, is left alone)."""
-    train, val = loaders.train.dataset, loaders.val.dataset
-    val_scores = torch.gather(val.scores, 1, val.candidates)
-    return compute_baselines(train.scores, val.candidates, val_scores)
+    """Validation baselines for a run's loaders (read from their datasets: no loader is
+    iterated, so the global RNG, which an exact resume depends on, is left alone)."""
+    return baselines_on(loaders.train.dataset, loaders.val.dataset)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
-
-
-def summary_table(model: dict[str, float], baselines: dict[str, dict[str, float]]) -> str:
-    """A small text table: one row per metric, the model then each baseline."""
-    names = ["model", *baselines]
-    lines = [f"{'metric':<12}" + "".join(f"{n:>12}" for n in names)]
-    for metric in METRICS:
-        row = [model.get(metric)] + [b.get(metric) for b in baselines.values()]
-        lines.append(f"{metric:<12}" + "".join(f"{_fmt(v):>12}" for v in row))
-    return "\n".join(lines)
+def heldout_baselines_of(loaders: Any) -> dict[str, dict[str, float]]:
+    """The same baselines on the held-out test lists."""
+    return baselines_on(loaders.train.dataset, loaders.val.dataset.held_out)
 
 
 def best_validation(history: dict, best_epoch: int | None) -> dict[str, float]:
@@ -84,18 +72,21 @@ def best_validation(history: dict, best_epoch: int | None) -> dict[str, float]:
             if key.startswith("val_") and history[key][i] is not None}
 
 
-@listens_to(Event.FIT_START, Event.FIT_END)
-def baselines_callback(event: Event, state: Any) -> None:
-    """FIT_START: write `baselines` to metrics.json (runs with a directory).
-    FIT_END: log the best validation against the baselines."""
-    run = state.run
-    if run.rank != 0:
-        return
-    if event is Event.FIT_START:
-        if run.run_dir is not None:
-            add_metrics_entry(run, "baselines", baselines_of(run.loaders))
-        return
-    best = best_validation(state.history, state.best_epoch)
-    if best:
-        log.info("best validation (epoch %d) against the baselines:\n%s", state.best_epoch + 1,
-                 summary_table(best, baselines_of(run.loaders)))
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
+
+
+def summary_table(parts: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A text table, one row per metric: for each part (`{"val": {"model": {...}, "random":
+    {...}, ...}, "test": {...}}`) a column per ranker, headed by the part's name."""
+    columns = [(part, name, figures) for part, rankers in parts.items()
+               for name, figures in rankers.items()]
+    width = 11
+    head = "".join(f"{'  ' + part + ' ':-<{width * len(rankers)}}"
+                   for part, rankers in parts.items())
+    lines = [f"{'':<13}{head}", f"{'metric':<13}" + "".join(
+        f"{name[:width - 1]:>{width}}" for _, name, _ in columns)]
+    for metric in METRICS:
+        lines.append(f"{metric:<13}" + "".join(f"{_fmt(figures.get(metric)):>{width}}"
+                                               for _, _, figures in columns))
+    return "\n".join(lines)

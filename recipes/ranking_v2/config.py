@@ -23,6 +23,19 @@ def _fraction(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be between 0 and 1 (exclusive), got {value!r}")
 
 
+def _at_least_two(instance, attribute, value) -> None:
+    if value is not None and value < 2:
+        raise ValueError(f"{attribute.name} must be >= 2 (or unset: no folds), got {value!r}")
+
+
+def _fold_index(instance, attribute, value) -> None:
+    if instance.folds is None:
+        if value != 0:
+            raise ValueError(f"fold = {value} needs data.folds (the number of folds) set too")
+    elif not 0 <= value < instance.folds:
+        raise ValueError(f"fold must be >= 0 and < folds ({instance.folds}), got {value!r}")
+
+
 def _divides_hidden(instance, attribute, value) -> None:
     _positive(instance, attribute, value)
     if instance.hidden_dim % value:
@@ -60,17 +73,30 @@ class ModelConfig:
 
 @attrs.frozen
 class DataConfig:
-    """Where the data comes from (`[data]`).
+    """Where the data comes from and how its datasets are split (`[data]`).
 
     `path` names a `.pt` file in the format of `recipes.ranking_v2.data`; with none, a synthetic
-    file is generated from the `synthetic_*` settings and `train.seed` and cached under
-    `{train.output_dir}/data/`. `num_candidates` is K, the models ranked per dataset.
+    file is generated from the `synthetic_*` settings (read from its cache under
+    `{train.output_dir}/data/` when a run wrote it before). `num_candidates` is K, the models
+    ranked per dataset.
+
+    Datasets (never a dataset's models) are split into train, val (chooses the best epoch,
+    drives the schedule and early stopping) and test (held out, evaluated once at the end with
+    the best weights). Without `folds`: test is `test_fraction` of the datasets, val is
+    `val_fraction` of the rest. With `folds = K`: the datasets are dealt into K folds, test is
+    fold `fold`, val is `val_fraction` of the other folds (`test_fraction` is not used). The
+    split depends on `split_seed` only, not on `train.seed`: seed replicates share it.
     """
 
     path: str | None = None
     num_candidates: int = attrs.field(default=10, validator=_positive)
+    test_fraction: float = attrs.field(default=0.15, validator=_fraction)
     val_fraction: float = attrs.field(default=0.2, validator=_fraction)
+    folds: int | None = attrs.field(default=None, validator=_at_least_two)
+    fold: int = attrs.field(default=0, validator=_fold_index)
+    split_seed: int = 0
     # the synthetic file (used only when path is None)
+    synthetic_seed: int = 0
     synthetic_datasets: int = attrs.field(default=400, validator=_positive)
     synthetic_models: int = attrs.field(default=40, validator=_positive)
     synthetic_token_dim: int = attrs.field(default=32, validator=_positive)

@@ -11,10 +11,12 @@ weights_only=True)`, holding a dict of tensors:
     model_mask      bool  [M, Tm]      optional; True = real token (default: all real)
 
 D, Td, Tm, N and M are read from the file. Every dataset row needs at least one known score and
-every token set at least one real token. With no `data.path`, `ensure_data_file` generates such a
-file (seeded by `train.seed` and the `data.synthetic_*` settings), writes it atomically to
-`{train.output_dir}/data/ranking_v2-synthetic-<hash of the settings>.pt` (reused if it exists),
-and it is then read back through `load_data` like any user file.
+every token set at least one real token. With no `data.path`, the data is synthetic (seeded by
+`data.synthetic_seed` and the other `data.synthetic_*` settings, never by `train.seed`):
+`config_data` reads it from its cache, `{train.output_dir}/data/ranking_v2-synthetic-<hash of
+the settings>.pt`, or generates it in memory when there is none, and checks it like any user
+file; only a run writes the cache (`ensure_data_file`, atomically, when the run starts), so
+`engine check` writes nothing.
 
 Synthetic generation: datasets and models have hidden factors u_n, v_m; the score is
 `sigmoid(0.5 + b_m + u_n . v_m / sqrt(F) + noise)` with a per-model popularity b_m (so "pick the
@@ -51,6 +53,12 @@ class RankingData:
     model_tokens: torch.Tensor    # [M, Tm, D] float32
     model_mask: torch.Tensor      # [M, Tm] bool
     scores: torch.Tensor          # [N, M] float32, NaN = unknown
+    # how messages name it: the file, or the synthetic data not yet written to `path`
+    name: str = attrs.field(default="")
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", str(self.path))
 
     @property
     def token_dim(self) -> int:
@@ -153,9 +161,9 @@ def _check_shapes(path: Path, obj: dict) -> list[UserError]:
                                     found=f"rows {_few(rows)} all False"))
     if errors:
         return errors
-    if n < 2:
+    if n < 3:
         errors.append(UserError("data file has too few datasets to split", where=str(path),
-                                expected="at least 2 datasets (training and validation are "
+                                expected="at least 3 datasets (train, val and test are "
                                 "disjoint)", found=f"dataset_tokens {_shape(dt)}"))
     for name in ("dataset_tokens", "model_tokens"):
         if not torch.isfinite(obj[name]).all():
@@ -184,21 +192,26 @@ def _few(items: list) -> str:
 def load_data(path: str | Path) -> RankingData:
     """Read and check a data file; every problem is a UserError naming the file and arrays."""
     path = Path(path)
-    obj = _read(path)
+    return data_from_dict(path, _read(path))
+
+
+def data_from_dict(path: Path, obj: dict, name: str = "") -> RankingData:
+    """Check a data file's dict (read from `path`, or generated for it) and wrap it."""
     raise_all(_check_arrays(path, obj))
     raise_all(_check_shapes(path, obj))
     dt, mt = obj["dataset_tokens"].float(), obj["model_tokens"].float()
     return RankingData(
         path=path, dataset_tokens=dt, model_tokens=mt, scores=obj["scores"].float(),
         dataset_mask=obj.get("dataset_mask", torch.ones(dt.shape[:2], dtype=torch.bool)),
-        model_mask=obj.get("model_mask", torch.ones(mt.shape[:2], dtype=torch.bool)))
+        model_mask=obj.get("model_mask", torch.ones(mt.shape[:2], dtype=torch.bool)),
+        name=name)
 
 
 def check_candidates(data: RankingData, k: int) -> None:
     """K candidates per dataset need at least K models in the file."""
     if data.num_models < k:
         raise UserError("fewer models than candidates per dataset",
-                        where=f"{data.path} and data.num_candidates = {k}",
+                        where=f"{data.name} and data.num_candidates = {k}",
                         expected=f"model_tokens [M, Tm, D] with M >= {k}",
                         found=f"model_tokens {_shape(data.model_tokens)}, scores "
                         f"{_shape(data.scores)} (M = {data.num_models})",
@@ -209,9 +222,10 @@ def check_candidates(data: RankingData, k: int) -> None:
 
 def synthetic_settings(cfg: Any) -> dict:
     """Everything the synthetic file depends on (its cache key)."""
+    # data.synthetic_seed (as "seed"), not train.seed: seed replicates see the same datasets
     settings = {k[len("synthetic_"):]: v for k, v in attrs.asdict(cfg.data).items()
                 if k.startswith("synthetic_")}
-    return {"version": SYNTHETIC_VERSION, "seed": cfg.train.seed, **settings}
+    return {"version": SYNTHETIC_VERSION, **settings}
 
 
 def generate(settings: dict) -> dict[str, torch.Tensor]:
@@ -243,18 +257,35 @@ def generate(settings: dict) -> dict[str, torch.Tensor]:
             "dataset_mask": dataset_mask, "model_mask": model_mask}
 
 
-def ensure_data_file(cfg: Any) -> Path:
-    """`data.path`, or the cached synthetic file (generated and written on first use)."""
-    if cfg.data.path is not None:
-        return Path(cfg.data.path)
+def synthetic_path(cfg: Any) -> Path:
+    """Where the synthetic file of these settings is cached."""
     settings = synthetic_settings(cfg)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    folder = Path(cfg.train.output_dir) / "data"
-    path = folder / f"ranking_v2-synthetic-{digest}.pt"
+    return Path(cfg.train.output_dir) / "data" / f"ranking_v2-synthetic-{digest}.pt"
+
+
+def config_data(cfg: Any) -> RankingData:
+    """The config's data: `data.path`, else the cached synthetic file, else the synthetic data
+    generated in memory. Nothing is written here (`engine check` writes no file); a run writes
+    the cache when it starts (`ensure_data_file`)."""
+    if cfg.data.path is not None:
+        return load_data(cfg.data.path)
+    path = synthetic_path(cfg)
+    if path.exists():
+        return load_data(path)
+    return data_from_dict(path, generate(synthetic_settings(cfg)),
+                          f"the synthetic data (generated in memory; a run caches it as {path})")
+
+
+def ensure_data_file(cfg: Any) -> Path:
+    """`data.path`, or the cached synthetic file (generated and written if absent)."""
+    if cfg.data.path is not None:
+        return Path(cfg.data.path)
+    path = synthetic_path(cfg)
     if not path.exists():
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(path, generate(settings))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(path, generate(synthetic_settings(cfg)))
         except OSError as exc:
             raise UserError("the synthetic data file cannot be written", where=str(path),
                             expected="a folder this user can create files in (train.output_dir)",

@@ -1,15 +1,19 @@
 """The combined similarity loader: one example = one dataset with K candidate models.
 
-Datasets are split into training and validation (disjoint: validation asks about unseen
-datasets). A training example draws K candidates among the dataset's observed models each time
-it is read (topped up with unobserved ones when fewer than K are known); a validation example
-has a fixed set, chosen once from `train.seed`. Each example keeps only its real tokens; `collate`
-pads them into a batch:
+Datasets are split into train, val and test (`recipes.ranking_v2.splits`: disjoint, so val and
+test ask about unseen datasets). A training example draws K candidates among the dataset's
+observed models each time it is read (topped up with unobserved ones when fewer than K are
+known); a val or test example has a fixed set, chosen once per dataset from `data.split_seed`
+(so seed replicates and folds see the same lists). Each example keeps only its real tokens;
+`collate` pads them into a batch:
 
     dataset_tokens [B, Td, D]     dataset_mask [B, Td]      (True = real token)
     model_tokens   [B, K, Tm, D]  model_mask   [B, K, Tm]
     true_ranks     [B, K] long    (0 = best; tied scores share a rank; -1 = unobserved/padding)
     scores         [B, K] float   (NaN = unobserved or padding)
+
+The loaders are train and val; the test lists ride on the val set (`held_out`), read by the
+end-of-run evaluation (`recipes.ranking_v2.report`) and by no loader.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 
 from engine import Loaders, UserError
-from recipes.ranking_v2.data import RankingData, check_candidates, ensure_data_file, load_data
+from recipes.ranking_v2.data import RankingData, check_candidates, config_data
+from recipes.ranking_v2.splits import Split, split_datasets
 
 
 @attrs.frozen(eq=False)
 class CandidateLists:
     """A map-style dataset over some rows of a data file.
 
-    `candidates` [n, K] fixes each example's candidate models (validation); None draws K of them
-    at every read (training). `rows` are the file's dataset indices.
+    `candidates` [n, K] fixes each example's candidate models (val, test); None draws K of
+    them at every read (train). `rows` are the file's dataset indices. `held_out` (on the val
+    set only) holds the test lists.
     """
 
     rows: torch.Tensor                       # [n] long
@@ -39,6 +45,7 @@ class CandidateLists:
     scores: torch.Tensor                     # [n, M]
     num_candidates: int
     candidates: torch.Tensor | None = None   # [n, K] long
+    held_out: CandidateLists | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,27 +106,22 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def split_datasets(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Disjoint training and validation dataset indices (both non-empty), seeded."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
-    return order[n_val:].sort().values, order[:n_val].sort().values
-
-
-def make_splits(data: RankingData, k: int, val_fraction: float, seed: int):
-    """The training and validation CandidateLists of a loaded file."""
-    train_rows, val_rows = split_datasets(len(data.scores), val_fraction, seed)
+def make_splits(data: RankingData, k: int, split: Split, split_seed: int):
+    """The train, val and test CandidateLists of a loaded file (the val set holds the test
+    set as `held_out`)."""
     dataset_tokens = [t[m] for t, m in zip(data.dataset_tokens, data.dataset_mask, strict=True)]
     model_tokens = tuple(t[m] for t, m in zip(data.model_tokens, data.model_mask, strict=True))
-    g = torch.Generator().manual_seed(seed + 1)
-    val_candidates = torch.stack([pick_candidates(data.scores[r], k, g) for r in val_rows])
+    # one fixed list per dataset, whatever part it lands in
+    g = torch.Generator().manual_seed(split_seed + 1)
+    fixed = torch.stack([pick_candidates(row, k, g) for row in data.scores])
 
-    def part(rows: torch.Tensor, candidates: torch.Tensor | None) -> CandidateLists:
+    def part(rows: torch.Tensor, candidates: torch.Tensor | None, **more) -> CandidateLists:
         return CandidateLists(rows=rows, dataset_tokens=tuple(dataset_tokens[r] for r in rows),
                               model_tokens=model_tokens, scores=data.scores[rows],
-                              num_candidates=k, candidates=candidates)
+                              num_candidates=k, candidates=candidates, **more)
 
-    return part(train_rows, None), part(val_rows, val_candidates)
+    test = part(split.test, fixed[split.test])
+    return part(split.train, None), part(split.val, fixed[split.val], held_out=test), test
 
 
 def check_input_dim(cfg: Any, data: RankingData) -> int:
@@ -127,7 +129,7 @@ def check_input_dim(cfg: Any, data: RankingData) -> int:
     forced = cfg.model.input_dim
     if forced is not None and forced != data.token_dim:
         raise UserError("the data's token width does not match the model's input width",
-                        where=f"{data.path} and model.input_dim = {forced}",
+                        where=f"{data.name} and model.input_dim = {forced}",
                         expected=f"tokens [..., {forced}] for a model with input_dim {forced}",
                         found=f"dataset_tokens {list(data.dataset_tokens.shape)}, model_tokens "
                         f"{list(data.model_tokens.shape)} (D = {data.token_dim})",
@@ -146,20 +148,20 @@ def check_example(example: dict, input_dim: int, where: str) -> None:
                             found=f"dataset[0]['{key}'] {list(tokens.shape)}")
 
 
-def load_checked(cfg: Any) -> RankingData:
-    """The config's data file (generated first if synthetic), loaded and checked against K."""
-    data = load_data(ensure_data_file(cfg))
+def load_checked(cfg: Any) -> tuple[RankingData, Split]:
+    """The config's data (`data.config_data`: nothing is written), checked against K, and its
+    split (checked: every part non-empty)."""
+    data = config_data(cfg)
     check_candidates(data, cfg.data.num_candidates)
-    return data
+    return data, split_datasets(len(data.scores), cfg.data, data.name)
 
 
 def build_loaders(cfg: Any) -> Loaders:
     """Training and validation loaders; every data problem is raised here, before training."""
-    data = load_checked(cfg)
+    data, split = load_checked(cfg)
     input_dim = check_input_dim(cfg, data)
-    train, val = make_splits(data, cfg.data.num_candidates, cfg.data.val_fraction,
-                             cfg.train.seed)
-    check_example(val[0], input_dim, f"{data.path} (validation example 0)")
+    train, val, test = make_splits(data, cfg.data.num_candidates, split, cfg.data.split_seed)
+    check_example(val[0], input_dim, f"{data.name} (validation example 0)")
     workers = cfg.train.num_workers
     common = {"batch_size": cfg.train.batch_size, "collate_fn": collate, "num_workers": workers,
               "persistent_workers": workers > 0}

@@ -88,7 +88,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def forward_batch(model: nn.Module, batch: dict, ctx: StepContext) -> StepOutput:
     """The configured ranking loss over each batch's candidate lists; in validation also the
-    ranking metrics (NDCG@1/3/5, Kendall's tau, top-1 hit, regret@1) on the raw scores."""
+    ranking metrics of `steps.ranking.METRICS` (weighted tau, NDCG@k, ...) on the raw scores."""
     pred = model(batch["dataset_tokens"], batch["dataset_mask"], batch["model_tokens"],
                  batch["model_mask"])
     scores = batch["scores"]

@@ -11,7 +11,7 @@ from engine.io.layering import Layer, build_config
 from recipes.ranking_v2 import build_model
 from recipes.ranking_v2.baselines import compute_baselines, popularity
 from recipes.ranking_v2.config import RankingConfig
-from recipes.ranking_v2.data import ensure_data_file, load_data
+from recipes.ranking_v2.data import config_data, ensure_data_file, load_data
 from recipes.ranking_v2.loader import build_loaders, collate, true_ranks
 
 NAN = float("nan")
@@ -171,15 +171,18 @@ def test_loaders_split_by_dataset_and_fix_validation(tmp_path):
     path = make_file(tmp_path / "d.pt", n=10, m=6, scores=scores,
                      dataset_mask=torch.tensor([[True, False, True]] * 10))
     loaders = build_loaders(config(tmp_path, path=str(path), val_fraction=0.3))
-    train, val = loaders.train.dataset, loaders.val.dataset
-    assert len(train) == 7 and len(val) == 3
-    assert not set(train.rows.tolist()) & set(val.rows.tolist())
+    train, val, test = loaders.train.dataset, loaders.val.dataset, loaders.val.dataset.held_out
+    assert (len(train), len(val), len(test)) == (6, 2, 2)  # test 0.15 * 10, val 0.3 * 8
+    parts = [set(p.rows.tolist()) for p in (train, val, test)]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    assert parts[0] | parts[1] | parts[2] == set(range(10))
+    assert test.candidates is not None and not (test.candidates == 0).any()  # model 0: NaN
     first, again = val[0], val[0]
     assert torch.equal(first["scores"], again["scores"], )
     for _ in range(5):
         assert torch.isfinite(train[0]["scores"]).all()
     batch = next(iter(loaders.val))
-    assert batch["model_tokens"].shape[:2] == (3, 3) and batch["dataset_tokens"].shape == (3, 2, 4)
+    assert batch["model_tokens"].shape[:2] == (2, 3) and batch["dataset_tokens"].shape == (2, 2, 4)
 
 
 def test_synthetic_file_is_written_once_and_reloaded(tmp_path):
@@ -193,8 +196,30 @@ def test_synthetic_file_is_written_once_and_reloaded(tmp_path):
     obj = torch.load(path, weights_only=True)
     assert obj["scores"].shape == (20, 6) and obj["dataset_mask"].dtype == torch.bool
     assert not obj["dataset_mask"].all()  # variable token counts
-    other = attrs.evolve(cfg, train=attrs.evolve(cfg.train, seed=1))
+    other = attrs.evolve(cfg, data=attrs.evolve(cfg.data, synthetic_seed=1))
     assert ensure_data_file(other) != path
+    # train.seed changes the training, never the data: seed replicates share their datasets
+    replicate = attrs.evolve(cfg, train=attrs.evolve(cfg.train, seed=1))
+    assert ensure_data_file(replicate) == path
+
+
+def test_without_a_cache_the_synthetic_data_is_generated_in_memory(tmp_path):
+    """build_model and build_loaders write nothing; the data they use is the one a run caches
+    (and reads back afterwards)."""
+    cfg = config(tmp_path, synthetic_datasets=20, synthetic_models=6)
+    build_model(cfg)
+    in_memory = config_data(cfg)
+    loaders = build_loaders(cfg)
+    assert not (tmp_path / "out").exists()
+    assert "generated in memory" in in_memory.name
+    path = ensure_data_file(cfg)
+    cached = config_data(cfg)
+    assert cached.path == path and cached.name == str(path)
+    for name in ("dataset_tokens", "dataset_mask", "model_tokens", "model_mask", "scores"):
+        torch.testing.assert_close(getattr(cached, name), getattr(in_memory, name), rtol=0,
+                                   atol=0, equal_nan=True)
+    again = build_loaders(cfg)
+    assert torch.equal(again.val.dataset.candidates, loaders.val.dataset.candidates)
 
 
 def test_popularity_and_baselines_by_hand():
@@ -213,3 +238,12 @@ def test_popularity_and_baselines_by_hand():
     assert b["random"]["top1_hit"] == pytest.approx(1 / 3)
     assert b["random"]["kendall_tau"] == pytest.approx(0.0)
     assert all(math.isfinite(v) for name in b for v in b[name].values())
+
+
+def test_too_few_datasets_to_split(tmp_path):
+    """Two datasets cannot make disjoint train, val and test parts: the file is named."""
+    path = make_file(tmp_path / "d.pt", n=2)
+    with pytest.raises(UserError) as e:
+        build_loaders(config(tmp_path, path=str(path)))
+    assert "too few datasets" in message(e) and "at least 3" in message(e)
+    assert "dataset_tokens [2, 3, 4]" in message(e)
