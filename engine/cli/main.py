@@ -34,6 +34,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m engine ARGS`: run the verb, render user errors; the exit code."""
     parser, table = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("ENGINE_DEBUG", "") not in ("", "0")

@@ -11,6 +11,7 @@ from engine.core.errors import UserError
 
 
 def add(verbs: Any) -> dict:
+    """Add check, new, diagnose and lr-find to the verb sub-parsers; their handlers."""
     p = verbs.add_parser("check", help="check a recipe before training")
     config_options(p)
     common(p)
@@ -31,12 +32,14 @@ def add(verbs: Any) -> dict:
 
 
 def cmd_check(args: Any) -> int:
+    """`check NAME`: every preflight check, one line each; 0 when none failed."""
     from engine.tools import check
     return check.cli(args.name, recipes=args.recipes, config_file=args.config,
                          sets=args.sets)
 
 
 def cmd_new(args: Any) -> int:
+    """`new NAME --kind KIND`: write a recipe from a template and register it."""
     from engine.io.registry import FILENAME, find_registry
     from engine.tools import new as scaffold
     named = args.recipes or os.environ.get("ENGINE_RECIPES")
@@ -51,11 +54,13 @@ def cmd_new(args: Any) -> int:
 
 
 def cmd_diagnose(args: Any) -> int:
+    """`diagnose RUN_DIR`: what a run's history says, and what to try."""
     from engine.tools import diagnose
     return diagnose.cli(args.run_dir, args.json)
 
 
 def cmd_lr_find(args: Any) -> int:
+    """`lr-find NAME`: a learning-rate range test in a new folder."""
     from engine.tools import lr_find
     return lr_find.cli(args.name, recipes=args.recipes, config_file=args.config,
                        sets=args.sets, output_dir=args.output_dir)

@@ -18,6 +18,7 @@ from engine.core.errors import UserError
 
 
 def add(verbs: Any) -> dict:
+    """Add list, show and run to the verb sub-parsers; their handlers."""
     p = verbs.add_parser("list", help="list the registered recipes")
     common(p)
     p = verbs.add_parser("show", help="print a recipe's resolved config as TOML")
@@ -31,6 +32,7 @@ def add(verbs: Any) -> dict:
 
 
 def cmd_list(args: Any) -> int:
+    """`list`: one registered recipe a line, name then description."""
     from engine.io.registry import find_registry, read_registry
     entries = read_registry(find_registry(args.recipes))
     width = max((len(n) for n in entries), default=0)
@@ -40,6 +42,7 @@ def cmd_list(args: Any) -> int:
 
 
 def cmd_show(args: Any) -> int:
+    """`show NAME`: the resolved config as TOML (the --config format), nothing else."""
     from engine.io.layering import to_toml
     from engine.io.registry import resolve
     _, _, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config, sets=args.sets)
@@ -49,6 +52,7 @@ def cmd_show(args: Any) -> int:
 
 def cmd_run(args: Any) -> int:
     # first, before torch loads: a signal during start-up is a clean stop too (exit 130)
+    """`run NAME`: train in a new run directory (or continue one with --resume)."""
     from engine.core.signals import StopRequest
     from engine.io import plot_service
     stop = StopRequest().install()

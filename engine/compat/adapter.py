@@ -122,9 +122,11 @@ class BaseTrainer:
         return self._run_dir
 
     def get_run_file_path(self, name: str) -> Path:
+        """`name` inside the run directory."""
         return self.run_dir / name
 
     def get_model_save_path(self) -> Path:
+        """The run's model.pt."""
         return self.get_run_file_path("model.pt")
 
     def save_checkpoint(self, epoch: int, is_best: bool = False) -> Path:
@@ -174,6 +176,7 @@ class BaseTrainer:
         return self._bar
 
     def update_progress_bar(self, n: int = 1, **postfix: Any) -> None:
+        """Advance the bar made by init_progress_bar (a no-op before it)."""
         if self._bar is None:
             raise UserError("update_progress_bar before init_progress_bar",
                             where="BaseTrainer.update_progress_bar",
@@ -185,14 +188,17 @@ class BaseTrainer:
     # --- what the hooks act on ----------------------------------------------------------------
     @property
     def device(self) -> torch.device:
+        """The device the run trains on."""
         return self._run().device
 
     @property
     def model(self) -> torch.nn.Module:
+        """The model: the run's best weights after train(), else the freshly built one."""
         return self._run().model
 
     @property
     def config(self) -> Any:
+        """The recipe config this trainer was made with."""
         return self.cfg
 
     def _state(self) -> LoopState:

@@ -21,6 +21,7 @@ from engine.core.schedules import Schedule
 
 
 def check_inputs(recipe: Any, cfg: Any) -> None:
+    """`fit`'s arguments are a Recipe and a config of its class, with a train table."""
     if not isinstance(recipe, Recipe):
         raise UserError("fit needs a Recipe", where="fit(recipe, ...)",
                         expected="an engine.Recipe", found=describe_value(recipe))
@@ -34,6 +35,7 @@ def check_inputs(recipe: Any, cfg: Any) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, torch's and (if imported) NumPy's global RNGs."""
     random.seed(seed)
     torch.manual_seed(seed)
     np = sys.modules.get("numpy")
@@ -42,6 +44,7 @@ def seed_everything(seed: int) -> None:
 
 
 def where_in_recipe(recipe: Recipe, attr: str) -> str:
+    """`recipe 'x' build_model (module.function)`: where a message points."""
     fn = getattr(recipe, attr)
     module = getattr(fn, "__module__", "?")
     return f"recipe '{recipe.name}' {attr} ({module}.{getattr(fn, '__qualname__', fn)})"
@@ -79,6 +82,7 @@ def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
 
 
 def first_line(exc: BaseException) -> str:
+    """`TypeName: first line of the message` (at most 300 characters)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 

@@ -101,6 +101,7 @@ class TrainConfig:
 
 
 def toml_value(value: Any) -> str:
+    """A value as TOML shows it in a message (`true`, `"cpu"`, `3`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

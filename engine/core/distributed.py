@@ -22,6 +22,7 @@ from engine.core.errors import UserError
 
 @attrs.frozen
 class World:
+    """The processes of a torchrun job as this rank sees them (one process: inactive)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
@@ -29,10 +30,12 @@ class World:
 
     @property
     def active(self) -> bool:
+        """Whether this is one of several processes."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this rank writes files, logs and the progress bar (rank 0)."""
         return self.rank == 0
 
 
@@ -58,12 +61,14 @@ def init(world: World, device: torch.device) -> World:
 
 
 def teardown(world: World) -> None:
+    """Destroy the process group this run made (if any)."""
     if world.owns_group and dist.is_initialized():
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
 
 def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:
+    """The model DistributedDataParallel-wrapped under torchrun; itself otherwise."""
     if not world.active:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -117,6 +122,7 @@ def shard(loader: Any, world: World, seed: int, which: str) -> Any:
 
 
 def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a DistributedSampler the epoch, so each epoch draws a new order."""
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)

@@ -29,6 +29,7 @@ class UserError(Exception):
         self.hint = hint
 
     def render(self) -> str:
+        """The error as the block the CLI prints on stderr."""
         lines = [f"error: {self.what}"]
         for label in ("where", "expected", "found", "hint"):
             value = getattr(self, label)
@@ -48,6 +49,7 @@ class UserErrors(Exception):
         self.errors = list(errors)
 
     def render(self) -> str:
+        """Every error's block, one after another."""
         return "\n".join(e.render() for e in self.errors)
 
     def __str__(self) -> str:

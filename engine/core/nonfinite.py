@@ -40,6 +40,7 @@ class Rollback:
         self.point: dict | None = None
 
     def take(self, run: Run) -> None:
+        """Snapshot the run's model, optimizer, scheduler and scaler state (a deep copy)."""
         self.point = copy.deepcopy({
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.schedule.scheduler.state_dict() if run.schedule else None,

@@ -78,11 +78,13 @@ class Culprit:
     inputs: str
 
     def layer(self) -> str:
+        """`layer 'name' = Linear(in_features=..., ...)`, at most 100 characters."""
         text = repr(self.module).splitlines()[0]
         text = text if len(text) <= 100 else text[:97] + "..."
         return f"layer '{self.name or '(the model)'}' = {text}"
 
     def expected(self) -> str | None:
+        """What this layer takes, from its attributes; None when unknown."""
         for attr, render in _TAKES:
             if hasattr(self.module, attr):
                 try:

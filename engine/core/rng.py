@@ -24,6 +24,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore every RNG from `rng_state()`'s value."""
     version, keys, gauss = state["python"]
     random.setstate((version, tuple(keys), gauss))
     torch.set_rng_state(state["torch"])

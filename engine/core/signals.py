@@ -36,6 +36,7 @@ class StopRequest:
     def install(self) -> StopRequest:
         # signal handlers can only be set from the main thread; elsewhere the run is unstoppable
         # by signal, which is what a library caller in a worker thread expects
+        """Install the SIGINT / SIGTERM handlers (main thread only); returns self."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -43,6 +44,7 @@ class StopRequest:
         return self
 
     def restore(self) -> None:
+        """Put back the handlers that were there before `install`."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

@@ -33,6 +33,7 @@ class FigureWindow:
         self.world, self.device, self.clip, self.accum = world, device, clip, accum
 
     def clear(self) -> None:
+        """Empty the window (after a read, and at each epoch's start)."""
         self.losses.clear()
         self.norms.clear()
 

@@ -18,23 +18,29 @@ from engine.core.window import FigureWindow
 class Checkpointer(Protocol):
     """Writes a run's checkpoints; each method returns the paths it wrote (best first)."""
 
-    def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]: ...
+    def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
+        """Write last.pt (mid-epoch when a signal or checkpoint_every_n_steps asks)."""
 
-    def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]: ...
+    def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]:
+        """Write the epoch's checkpoints (best.pt and model.pt too when `improved`)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Finish anything pending; the run's checkpoints are whole afterwards."""
 
 
 class NoCheckpoints:
     """The checkpointer of a run without a run directory: writes nothing."""
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
+        """Nothing to write."""
         return []
 
     def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]:
+        """Nothing to write."""
         return []
 
     def close(self) -> None:
+        """Nothing pending."""
         pass
 
 
@@ -56,6 +62,7 @@ class StepSettings(NamedTuple):
 
 
 def step_settings(run: Run, world: Any) -> StepSettings:
+    """The run's StepSettings, read from its config and objects once."""
     train, device = run.cfg.train, run.device
     schedule = run.schedule
     return StepSettings(

@@ -35,6 +35,7 @@ def epoch_files(folder: str | Path) -> list[Path]:
 
 
 def to_bytes(checkpoint: dict) -> bytes:
+    """A checkpoint serialised once, so last.pt, best.pt and epoch files share the bytes."""
     import io
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)

@@ -67,6 +67,7 @@ class RunDirCheckpointer:
         self.checked = False
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
+        """checkpoints/last.pt now (a stop signal, or checkpoint_every_n_steps)."""
         if not self.is_main:
             return []
         path = self.folder / "last.pt"

@@ -28,6 +28,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it into place: a
+    kill leaves the old file or the new one, never a torn one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -39,14 +41,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
+    """`atomic_write_bytes` of indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
+    """`torch.save(obj)` written atomically."""
     buffer = io.BytesIO()
     import torch  # deferred: the plot helper process writes files and must not load torch
 

@@ -135,11 +135,11 @@ def _train(run: Run, world: Any, callbacks: tuple, resume: Any, stop_when: Any) 
         state, resume_rng = restore(run, resume)
         state = attrs.evolve(state, best_weights=best_weights_beside(resume, state))
     writing = run.run_dir is not None
-    standard = writers.standard(run) if writing and world.is_main else ()
+    first, last = writers.standard(run) if writing and world.is_main else ((), ())
     outer = signals.active()   # the `run` verb installed the handlers when it started
     stop = outer or StopRequest().install()
     wiring = Wiring(run=run, world=world,
-                    table=listeners((*standard, *run.recipe.callbacks, *callbacks)),
+                    table=listeners((*first, *run.recipe.callbacks, *callbacks, *last)),
                     checkpointer=(RunDirCheckpointer(run, world.is_main) if writing
                                   else NoCheckpoints()),
                     stop=stop, before_start=_starter(run, world, resume is not None),

@@ -88,6 +88,7 @@ class Layer:
     is_flag: bool = False
 
     def where(self, path: Sequence[str]) -> str:
+        """Where a key of this layer came from, for a message: the file and table, or the flag."""
         if self.is_flag:
             return self.source
         parent = [self.table] if self.table else []

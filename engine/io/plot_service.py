@@ -126,6 +126,7 @@ class PlotService:
                         "warning: %s could not be drawn: %s: %s", path, type(exc).__name__, exc)
 
     def close(self) -> None:
+        """Wait for the final frames, then let the helper exit."""
         self.wait()
         if self._proc is not None and self._proc.poll() is None:
             self._proc.stdin.close()

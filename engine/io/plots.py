@@ -27,7 +27,6 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     history = metrics.get("history", {})
     epochs = [e + 1 for e in history.get("epoch", [])]   # people read epochs from 1
@@ -57,7 +56,17 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
             ax.set_yscale("log")
     ax.set_title("learning rate")
 
-    baselines = metrics.get("baselines", {}) or {}
+    _metric_panels(axes, history, epochs, extra, diagnostics, metrics.get("baselines") or {})
+    _finish(fig, axes, panels, cols, rows, title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _metric_panels(axes: list, history: Mapping, epochs: list, extra: list, diagnostics: list,
+                   baselines: Mapping) -> None:
+    """One panel per recipe metric (with its baselines) and one for the gradient figures."""
     for ax, key in zip(axes[2:], extra):
         ax.plot(epochs, _finite(history[key]), marker="o", ms=3, label="model")
         name = key[len("val_"):]
@@ -73,6 +82,11 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
             ax.plot(epochs, _finite(history[key]), marker="o", ms=3, label=key)
         ax.set_title("gradients")
         ax.legend(fontsize="small")
+
+
+def _finish(fig: Any, axes: list, panels: int, cols: int, rows: int, title: str) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes[:panels]:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -87,7 +101,3 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
     height = 3.4 * rows   # inches: margins in inches keep titles clear of the axes
     fig.subplots_adjust(left=0.06 if cols == 3 else 0.1, right=0.98, bottom=0.55 / height,
                         top=1 - (0.75 if title else 0.4) / height, wspace=0.28, hspace=0.45)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

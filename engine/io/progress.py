@@ -42,6 +42,7 @@ class ProgressBar:
             self.close()
 
     def close(self) -> None:
+        """Close the epoch's bar (if any)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

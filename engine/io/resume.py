@@ -19,6 +19,8 @@ from engine.io.layering import read_toml
 
 @attrs.frozen
 class ResumePlan:
+    """What `--resume PATH` continues: the checkpoint, its run directory (None for a
+    checkpoint elsewhere: a new run), the config it was written with."""
     checkpoint: Path
     run_dir: Path | None          # None: a new run directory
     base_config: dict
@@ -39,6 +41,8 @@ class ResumePlan:
 
 
 def plan(path: str | Path, name: str) -> ResumePlan:
+    """The ResumePlan for `--resume PATH` of recipe `name`; a path that is not a run or a
+    checkpoint of it is a UserError."""
     path = Path(path)
     if path.is_dir():
         checkpoint = path / "checkpoints" / "last.pt"

@@ -20,6 +20,7 @@ def new_run_id() -> str:
 
 
 def runs_root(output_dir: str | Path, recipe: str) -> Path:
+    """`{output_dir}/models/{recipe}/runs`: where a recipe's run directories go."""
     return Path(output_dir) / "models" / recipe / "runs"
 
 

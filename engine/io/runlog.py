@@ -76,6 +76,7 @@ def _plain_console_unless_terminal() -> None:
 
 
 def file_handler(run_dir: Path) -> logging.Handler | None:
+    """The logging handler writing `run_dir`'s train.log, if one is open."""
     target = str((run_dir / "train.log").resolve())
     for handler in logging.getLogger().handlers:
         if getattr(handler, "baseFilename", None) == target:

@@ -27,9 +27,12 @@ from engine.io.progress import ProgressBar
 LOG = logging.getLogger("engine")
 
 
-def standard(run: Any) -> tuple:
-    """The writers every run with a run directory gets."""
-    return (MetricsWriter(), RunLog(), ProgressBar(), PlotWriter())
+def standard(run: Any) -> tuple[tuple, tuple]:
+    """The writers every run with a run directory gets, as (first, last): `fit` puts the
+    recipe's and the caller's callbacks between them, so train.log is open for whatever they
+    log, from FIT_START to FIT_END, and metrics.json holds what they add at any event."""
+    log = RunLog()
+    return (log,), (MetricsWriter(), ProgressBar(), PlotWriter(), log.closer)
 
 
 def _fmt(value: Any) -> str:
@@ -61,10 +64,18 @@ class RunLog:
     """train.log: the run's header, one line per validation, failures and the summary."""
 
     events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.CHECKPOINT_WRITTEN,
-                        Event.FAILURE, Event.FIT_END})
+                        Event.FAILURE})
 
     def __init__(self) -> None:
         self.started = 0.0
+
+        def closer(event: Event, state: Any) -> None:
+            """FIT_END, after every other observer: the summary, then train.log closes."""
+            LOG.info("%s", summary(state, time.monotonic() - self.started))
+            runlog.stop(state.run.run_dir)
+
+        closer.events = frozenset({Event.FIT_END})
+        self.closer = closer
 
     def __call__(self, event: Event, state: Any) -> None:
         run, train = state.run, state.run.cfg.train
@@ -93,9 +104,6 @@ class RunLog:
                       state.error["step"] + 1, state.error["message"])
             if state.error.get("traceback"):
                 runlog.write_to_file(run.run_dir, state.error["traceback"])
-        elif event is Event.FIT_END:
-            LOG.info("%s", summary(state, time.monotonic() - self.started))
-            runlog.stop(run.run_dir)
 
 
 def summary(state: Any, seconds: float) -> str:

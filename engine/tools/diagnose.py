@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 
 from engine.core.errors import UserError
-from engine.tools.diagnose_rules import SEVERITIES, Finding, findings
+from engine.tools.diagnose_rules import RULES, not_learning, plateau
+from engine.tools.diagnose_view import SEVERITIES, Finding, View, best_of, g, view_of
 
 __all__ = ["SEVERITIES", "Finding", "cli", "diagnose", "findings", "load_run", "render"]
 
@@ -78,6 +79,42 @@ def _with_defaults(train: Mapping) -> dict:
     from engine.core.config import TrainConfig
     defaults = {f.name: f.default for f in attrs.fields(TrainConfig)}
     return {**defaults, **train}
+
+
+def findings(metrics: Mapping, train: Mapping | None = None) -> list[Finding]:
+    """The findings for a loaded metrics.json and `[train]` table, most serious first.
+
+    Works on histories of any length (0 and 1 included) with None for non-finite figures.
+    """
+    train = dict(train or {})
+    v = view_of(metrics)
+    out: list[Finding] = []
+    for rule in RULES:
+        if rule is not_learning and any(f.code == "diverging" for f in out):
+            continue  # a loss that blew up is not a flat one
+        if rule is plateau and any(f.code == "overfitting" for f in out):
+            continue  # overfitting explains why val_loss stopped improving
+        out += rule(v, train)
+    if out:
+        return sorted(out, key=lambda f: SEVERITIES.index(f.severity))
+    if v.n == 0:
+        return [Finding("no-history", "info", f"no validation recorded yet (status {v.status})",
+                        "diagnose again after the first validation")]
+    return [Finding("healthy", "info", _summary(v),
+                    "nothing to fix" if v.n > 1 else
+                    "one validation is too short to judge trends; diagnose a longer run")]
+
+
+def _summary(v: View) -> str:
+    parts = [f"{v.n} validation(s), status {v.status}"]
+    vals, best = v.finite("val_loss"), best_of(v)
+    if vals and best:
+        parts.append(f"val_loss {g(vals[0][1])} (epoch {v.epochs[vals[0][0]]}) -> best "
+                     f"{g(best[1])} (epoch {v.epochs[best[0]]})")
+    tl = v.finite("train_loss")
+    if tl:
+        parts.append(f"train_loss {g(tl[0][1])} -> {g(tl[-1][1])}")
+    return "; ".join(parts)
 
 
 def diagnose(run_dir: str | Path) -> list[Finding]:

@@ -1,146 +1,51 @@
 """The rules `engine diagnose` applies to a run's history: each a pure function of the loaded
-metrics.json and `[train]` table returning `Finding`s. Thresholds are named constants below."""
+metrics.json and `[train]` table returning `Finding`s (thresholds: engine.tools.diagnose_view)."""
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
-from typing import Any
 
-import attrs
-
-SEVERITIES = ("error", "warning", "info")
-
-# --- thresholds ------------------------------------------------------------------------------
-# Tuned so that normal runs (the recipes' default configs, and the well-set runs of
-# tests/test_diagnose.py) read `healthy`; all but GRAD_ZERO are ratios, so they hold whatever
-# the loss scale.
-RISE_FROM_START = 0.10     # diverging: last train loss above the first by more than 10%
-GIVE_BACK = 0.50           # diverging: train loss gave back more than half of its progress...
-GIVE_BACK_OF_MIN = 0.50    # ...and sits more than 50% above its minimum (not noise near zero)
-FLAT = 0.01                # not-learning: train (and val) loss improved by under 1% in total
-FLAT_MIN_VALIDATIONS = 3   # fewer cannot tell a flat run from one that converged in epoch 1
-GRAD_ZERO = 1e-8           # not-learning: every mean gradient norm below this
-OVERFIT_RISE = 0.05        # overfitting: val loss ends >5% above its minimum...
-OVERFIT_OF_FIRST = 0.01    # ...and by >1% of its first value (jitter near zero is no trend)...
-OVERFIT_MIN_AFTER = 3      # ...after at least 3 validations past it (one spike is noise)
-GAP = 0.05                 # overfitting needs train loss >5% below val loss at the end
-FIRST_SPIKE = 50.0         # diverging (warning): epoch 1's train loss 50x the val loss after it
-JUMP = 2.0                 # diverging (warning): val loss more than doubles between validations
-BURST = 10.0               # diverging: a later epoch's train loss 10x every val loss so far
-CLIPPED_MOST = 0.50        # clipping-always: over half of all steps clipped
-PLATEAU_MIN = 5            # plateau: at least this many validations without improvement, and
-                           # at least twice (lr_patience + 1), so the scheduler had its chance
-LR_EPS = 1e-6              # relative change below which the learning rate counts as unchanged
-
-_NONFINITE = re.compile(r"non-?finite|\bnan\b|\binf(inity)?\b|overflow", re.IGNORECASE)
+from engine.tools.diagnose_view import (
+    _NONFINITE,
+    BURST,
+    CLIPPED_MOST,
+    FIRST_SPIKE,
+    FLAT,
+    FLAT_MIN_VALIDATIONS,
+    GAP,
+    GIVE_BACK,
+    GIVE_BACK_OF_MIN,
+    GRAD_ZERO,
+    JUMP,
+    OVERFIT_MIN_AFTER,
+    OVERFIT_OF_FIRST,
+    OVERFIT_RISE,
+    PLATEAU_MIN,
+    RISE_FROM_START,
+    Finding,
+    View,
+    best_of,
+    error_where,
+    g,
+    lr_reduced,
+    num,
+    rel_drop,
+)
 
 
-@attrs.frozen
-class Finding:
-    """One diagnosis: a stable `code`, its `severity`, the `evidence` (epochs and values) and
-    the `advice` (what to try)."""
-
-    code: str
-    severity: str = attrs.field(validator=attrs.validators.in_(SEVERITIES))
-    evidence: str
-    advice: str
-
-
-# --- the history as numbers ------------------------------------------------------------------
-
-def _num(value: Any) -> float | None:
-    """A finite float, or None for null, NaN and inf."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-@attrs.frozen
-class _View:
-    """The history as finite floats (None where non-finite), with 1-based epoch labels."""
-
-    cols: Mapping[str, tuple]
-    epochs: tuple           # display label of each validation (history epoch + 1)
-    status: str
-    error: Mapping | None
-
-    @property
-    def n(self) -> int:
-        return len(self.epochs)
-
-    def col(self, name: str) -> tuple:
-        return self.cols.get(name, (None,) * self.n)
-
-    def finite(self, name: str) -> list[tuple[int, float]]:
-        return [(i, x) for i, x in enumerate(self.col(name)) if x is not None]
-
-
-def _view(metrics: Mapping) -> _View:
-    history = metrics.get("history") or {}
-    n = max((len(v) for v in history.values()), default=0)
-    cols = {k: tuple(_num(x) for x in v) for k, v in history.items()}
-    raw_epochs = list(history.get("epoch") or [])
-    epochs = tuple(int(e) + 1 if _num(e) is not None else i + 1
-                   for i, e in enumerate(raw_epochs + [None] * (n - len(raw_epochs))))
-    error = metrics.get("error")
-    return _View(cols, epochs, str(metrics.get("status", "unknown")),
-                 error if isinstance(error, Mapping) else None)
-
-
-def _g(x: float | None) -> str:
-    return "non-finite" if x is None else f"{x:.4g}"
-
-
-def _rel_drop(first: float, low: float) -> float:
-    return (first - low) / max(abs(first), 1e-12)
-
-
-def _lr_reduced(v: _View) -> tuple[bool, str]:
-    """Whether the rate ever fell below an earlier rate, and a phrase saying so."""
-    lrs = [x for _, x in v.finite("learning_rate")]
-    if not lrs:
-        return False, "learning rate not recorded"
-    for i in range(1, len(lrs)):
-        if lrs[i] < max(lrs[:i]) * (1 - LR_EPS):
-            return True, f"learning rate already reduced ({_g(max(lrs))} -> {_g(lrs[-1])})"
-    return False, f"learning rate never reduced ({_g(lrs[0])} throughout)"
-
-
-def _best(v: _View) -> tuple[int, float] | None:
-    vals = v.finite("val_loss")
-    # the first of the lowest, as the loop picks the best validation with min_delta 0
-    return min(vals, key=lambda p: p[1]) if vals else None
-
-
-# --- the rules -------------------------------------------------------------------------------
-
-def _failed(v: _View, train: Mapping) -> list[Finding]:
+def _failed(v: View, train: Mapping) -> list[Finding]:
     """The run failed: a non-finite loss is divergence; anything else is reported as it is."""
     if v.error is None:
         return []
     message = str(v.error.get("message", ""))
     if _NONFINITE.search(message):
         return []  # _diverging cites it
-    return [Finding("failed", "error", f"run failed{_where(v.error)}: {message}",
+    return [Finding("failed", "error", f"run failed{error_where(v.error)}: {message}",
                     "the run stopped on an error that is not about the loss: fix it (train.log "
                     "holds the traceback), then diagnose the next run")]
 
 
-def _where(error: Mapping) -> str:
-    """" at epoch E, step S" (from 1), unless the message already says where."""
-    if "epoch" in str(error.get("message", "")):
-        return ""
-    parts = []
-    if _num(error.get("epoch")) is not None:
-        parts.append(f"epoch {int(error['epoch']) + 1}")
-    if _num(error.get("step")) is not None:
-        parts.append(f"step {int(error['step']) + 1}")
-    return " at " + ", ".join(parts) if parts else ""
-
-
-def _diverging(v: _View, train: Mapping) -> list[Finding]:
+def _diverging(v: View, train: Mapping) -> list[Finding]:
     # each signal: (evidence or None, whether it alone makes the finding an error)
     rising = _train_rising(v)
     signals = [(_nonfinite(v), True), (_skipped(v), False), (rising, True),
@@ -161,17 +66,17 @@ def _diverging(v: _View, train: Mapping) -> list[Finding]:
         "for inf/NaN and the loss for log(0) or division by zero")]
 
 
-def _nonfinite(v: _View) -> str | None:
+def _nonfinite(v: View) -> str | None:
     """The run failed on a non-finite loss, or the history holds a null loss or norm."""
     if v.error is not None and _NONFINITE.search(str(v.error.get("message", ""))):
-        return f"run failed{_where(v.error)}: {v.error.get('message')}"
+        return f"run failed{error_where(v.error)}: {v.error.get('message')}"
     for name in ("train_loss", "grad_norm"):
         if name in v.cols and None in v.cols[name]:
             return f"{name} non-finite at epoch {v.epochs[v.cols[name].index(None)]}"
     return None
 
 
-def _skipped(v: _View) -> str | None:
+def _skipped(v: View) -> str | None:
     """Steps skipped as non-finite (nan_policy skip or rollback) while the run went on."""
     skipped = [(i, x) for i, x in v.finite("nonfinite_steps") if x > 0]
     if not skipped:
@@ -180,7 +85,7 @@ def _skipped(v: _View) -> str | None:
             f"{v.epochs[skipped[0][0]]}")
 
 
-def _train_rising(v: _View) -> str | None:
+def _train_rising(v: View) -> str | None:
     """Training loss above where it started, or climbing back most of the way it fell."""
     f = v.finite("train_loss")
     if len(f) < 2:
@@ -188,16 +93,16 @@ def _train_rising(v: _View) -> str | None:
     (i0, first), (il, last) = f[0], f[-1]
     ilo, low = min(f, key=lambda p: p[1])
     if last - first > RISE_FROM_START * max(abs(first), 1e-12):
-        return (f"train_loss rose from {_g(first)} (epoch {v.epochs[i0]}) to {_g(last)} "
+        return (f"train_loss rose from {g(first)} (epoch {v.epochs[i0]}) to {g(last)} "
                 f"(epoch {v.epochs[il]})")
     if (il > ilo and last - low > GIVE_BACK * (first - low)
             and last - low > GIVE_BACK_OF_MIN * max(abs(low), 1e-12)):
-        return (f"train_loss fell to {_g(low)} (epoch {v.epochs[ilo]}) then rose to "
-                f"{_g(last)} (epoch {v.epochs[il]})")
+        return (f"train_loss fell to {g(low)} (epoch {v.epochs[ilo]}) then rose to "
+                f"{g(last)} (epoch {v.epochs[il]})")
     return None
 
 
-def _burst(v: _View) -> str | None:
+def _burst(v: View) -> str | None:
     """An epoch whose mean training loss is far above every validation loss up to and right
     after it: the loss blew up during that epoch (and the model partly recovered, or died).
 
@@ -211,24 +116,24 @@ def _burst(v: _View) -> str | None:
             seen.append(abs(vl[i]))
         t = tl[i]
         if t is not None and seen and t > BURST * max(max(seen), 1e-12):
-            return (f"train_loss {_g(t)} in epoch {v.epochs[i]} against val_loss at most "
-                    f"{_g(max(seen))} until then: the loss blew up during the epoch")
+            return (f"train_loss {g(t)} in epoch {v.epochs[i]} against val_loss at most "
+                    f"{g(max(seen))} until then: the loss blew up during the epoch")
     return None
 
 
-def _first_epoch_spike(v: _View) -> str | None:
+def _first_epoch_spike(v: View) -> str | None:
     """Epoch 1's mean training loss far above the validation loss right after it."""
     if not v.n:
         return None
     t, val = v.col("train_loss")[0], v.col("val_loss")[0]
     if t is None or val is None or val <= 0 or t <= FIRST_SPIKE * val:
         return None
-    return (f"epoch 1's mean train_loss {_g(t)} is {t / val:.3g}x the val_loss after it "
-            f"({_g(val)}): the loss spiked early (or the start was far off, e.g. targets "
+    return (f"epoch 1's mean train_loss {g(t)} is {t / val:.3g}x the val_loss after it "
+            f"({g(val)}): the loss spiked early (or the start was far off, e.g. targets "
             "not standardized)")
 
 
-def _jump(v: _View) -> str | None:
+def _jump(v: View) -> str | None:
     """The validation loss more than doubling from one validation to the next."""
     vl = v.col("val_loss")
     first = next((x for x in vl if x is not None), None)
@@ -237,12 +142,12 @@ def _jump(v: _View) -> str | None:
         if None in (a, b) or a <= 0:
             continue
         if b > JUMP * a and b - a > OVERFIT_OF_FIRST * abs(first):
-            return (f"val_loss jumped from {_g(a)} (epoch {v.epochs[i - 1]}) to {_g(b)} "
+            return (f"val_loss jumped from {g(a)} (epoch {v.epochs[i - 1]}) to {g(b)} "
                     f"(epoch {v.epochs[i]})")
     return None
 
 
-def _worse_everywhere(v: _View) -> str | None:
+def _worse_everywhere(v: View) -> str | None:
     """Validation loss rising from the first validation on, with the training loss no lower
     than it: the model got worse on all data (not overfitting, which has a gap)."""
     vals = v.finite("val_loss")
@@ -253,8 +158,8 @@ def _worse_everywhere(v: _View) -> str | None:
     if min(x for _, x in vals) < first or t_last is None:
         return None
     if last - first > RISE_FROM_START * max(abs(first), 1e-12) and not _gap(t_last, last):
-        return (f"val_loss rose from {_g(first)} (epoch {v.epochs[i0]}) to {_g(last)} (epoch "
-                f"{v.epochs[il]}) with train_loss {_g(t_last)} no lower")
+        return (f"val_loss rose from {g(first)} (epoch {v.epochs[i0]}) to {g(last)} (epoch "
+                f"{v.epochs[il]}) with train_loss {g(t_last)} no lower")
     return None
 
 
@@ -263,12 +168,13 @@ def _gap(train_loss: float, val_loss: float) -> bool:
     return train_loss < val_loss - GAP * abs(val_loss)
 
 
-def _not_learning(v: _View, train: Mapping) -> list[Finding]:
+def not_learning(v: View, train: Mapping) -> list[Finding]:
+    """Losses that barely move, or gradients that are all but zero."""
     norms = v.finite("grad_norm")
     if norms and max(x for _, x in norms) < GRAD_ZERO:
         return [Finding(
             "not-learning", "error",
-            f"grad_norm at most {_g(max(x for _, x in norms))} over all {len(norms)} "
+            f"grad_norm at most {g(max(x for _, x in norms))} over all {len(norms)} "
             "validation(s): no parameter gets a gradient",
             "parameters are frozen (requires_grad=False), missing from the optimizer, or "
             "disconnected from the loss (a .detach(), .item() or torch.no_grad() in "
@@ -278,14 +184,14 @@ def _not_learning(v: _View, train: Mapping) -> list[Finding]:
         return []
     first, low = f[0][1], min(x for _, x in f)
     vals = v.finite("val_loss")
-    val_flat = len(vals) < 2 or _rel_drop(vals[0][1], min(x for _, x in vals)) < FLAT
-    if _rel_drop(first, low) >= FLAT or not val_flat:
+    val_flat = len(vals) < 2 or rel_drop(vals[0][1], min(x for _, x in vals)) < FLAT
+    if rel_drop(first, low) >= FLAT or not val_flat:
         return []
     return [Finding(
         "not-learning", "error",
-        f"train_loss {_g(first)} (epoch {v.epochs[f[0][0]]}) -> best {_g(low)} over "
-        f"{len(f)} validations ({100 * _rel_drop(first, low):.2g}% lower)"
-        + (f"; grad_norm {_g(norms[0][1])} -> {_g(norms[-1][1])}" if norms else ""),
+        f"train_loss {g(first)} (epoch {v.epochs[f[0][0]]}) -> best {g(low)} over "
+        f"{len(f)} validations ({100 * rel_drop(first, low):.2g}% lower)"
+        + (f"; grad_norm {g(norms[0][1])} -> {g(norms[-1][1])}" if norms else ""),
         f"the learning rate may be far too low (train.learning_rate = "
         f"{train.get('learning_rate', '?')}): find one with `python -m engine lr-find NAME`; "
         "otherwise parameters may be frozen or not in the optimizer, or the loss may not "
@@ -293,8 +199,8 @@ def _not_learning(v: _View, train: Mapping) -> list[Finding]:
         "is expected.)")]
 
 
-def _overfitting(v: _View, train: Mapping) -> list[Finding]:
-    best = _best(v)
+def _overfitting(v: View, train: Mapping) -> list[Finding]:
+    best = best_of(v)
     if best is None:
         return []
     b, v_min = best
@@ -313,14 +219,14 @@ def _overfitting(v: _View, train: Mapping) -> list[Finding]:
         return []  # worse on training data too: that is divergence, not overfitting
     return [Finding(
         "overfitting", "warning",
-        f"from epoch {v.epochs[b]}: val_loss lowest there ({_g(v_min)}), rose to {_g(v_last)} "
-        f"by epoch {v.epochs[il]} while train_loss fell {_g(t_best)} -> {_g(t_last)}",
+        f"from epoch {v.epochs[b]}: val_loss lowest there ({g(v_min)}), rose to {g(v_last)} "
+        f"by epoch {v.epochs[il]} while train_loss fell {g(t_best)} -> {g(t_last)}",
         f"model.pt keeps the best weights (epoch {v.epochs[b]}); regularize "
         "(train.weight_decay, dropout), add or augment data, or use a smaller model; early "
         "stopping (train.early_stopping_patience) ends such runs sooner")]
 
 
-def _clipping(v: _View, train: Mapping) -> list[Finding]:
+def _clipping(v: View, train: Mapping) -> list[Finding]:
     clip = train.get("gradient_clip_value")
     fractions = [x for _, x in v.finite("clipped_fraction")]
     if clip == 0 or not fractions:
@@ -329,7 +235,7 @@ def _clipping(v: _View, train: Mapping) -> list[Finding]:
     if mean <= CLIPPED_MOST:
         return []
     norms = [x for _, x in v.finite("grad_norm")]
-    norm_note = f"; mean grad_norm {_g(sum(norms) / len(norms))}" if norms else ""
+    norm_note = f"; mean grad_norm {g(sum(norms) / len(norms))}" if norms else ""
     return [Finding(
         "clipping-always", "warning",
         f"{100 * mean:.0f}% of steps clipped over {len(fractions)} validation(s)"
@@ -339,16 +245,17 @@ def _clipping(v: _View, train: Mapping) -> list[Finding]:
         "train.learning_rate; a norm that keeps growing means the run is diverging")]
 
 
-def _plateau(v: _View, train: Mapping) -> list[Finding]:
-    best = _best(v)
+def plateau(v: View, train: Mapping) -> list[Finding]:
+    """Many validations without improvement while the learning rate never dropped."""
+    best = best_of(v)
     if best is None or v.status == "early_stopped":
         return []  # early stopping already ended a plateau: see stopped-early-before-decay
     b, v_min = best
     since = sum(1 for i, _ in v.finite("val_loss") if i > b)
-    lr_patience = int(_num(train.get("lr_patience")) or 0)
+    lr_patience = int(num(train.get("lr_patience")) or 0)
     if since < max(PLATEAU_MIN, 2 * (lr_patience + 1)):
         return []
-    reduced, lr_note = _lr_reduced(v)
+    reduced, lr_note = lr_reduced(v)
     advice = ("the model has stopped improving even at a lower rate: stop sooner "
               "(train.early_stopping_patience), or change capacity, data or regularization"
               if reduced else
@@ -358,19 +265,19 @@ def _plateau(v: _View, train: Mapping) -> list[Finding]:
     return [Finding(
         "plateau", "info" if reduced else "warning",
         f"no improvement of val_loss for {since} validations since epoch {v.epochs[b]} "
-        f"(best {_g(v_min)}); {lr_note}", advice)]
+        f"(best {g(v_min)}); {lr_note}", advice)]
 
 
-def _stopped_before_decay(v: _View, train: Mapping) -> list[Finding]:
+def _stopped_before_decay(v: View, train: Mapping) -> list[Finding]:
     if v.status != "early_stopped" or not v.finite("learning_rate"):
         return []
-    reduced, lr_note = _lr_reduced(v)
+    reduced, lr_note = lr_reduced(v)
     if reduced:
         return []
-    best = _best(v)
+    best = best_of(v)
     evidence = (f"early stopping fired at epoch {v.epochs[-1]}"
                 + (f" (best epoch {v.epochs[best[0]]})" if best else "") + f"; {lr_note}")
-    lr_p, es_p = _num(train.get("lr_patience")), _num(train.get("early_stopping_patience"))
+    lr_p, es_p = num(train.get("lr_patience")), num(train.get("early_stopping_patience"))
     if lr_p is not None and es_p is not None and lr_p >= es_p:
         evidence += (f"; lr_patience {int(lr_p)} >= early_stopping_patience {int(es_p)}, so the "
                      "scheduler could never act first")
@@ -381,41 +288,5 @@ def _stopped_before_decay(v: _View, train: Mapping) -> list[Finding]:
         "build_scheduler=None never decays the rate")]
 
 
-RULES = (_failed, _diverging, _not_learning, _overfitting, _clipping, _plateau,
+RULES = (_failed, _diverging, not_learning, _overfitting, _clipping, plateau,
          _stopped_before_decay)
-
-
-def findings(metrics: Mapping, train: Mapping | None = None) -> list[Finding]:
-    """The findings for a loaded metrics.json and `[train]` table, most serious first.
-
-    Works on histories of any length (0 and 1 included) with None for non-finite figures.
-    """
-    train = dict(train or {})
-    v = _view(metrics)
-    out: list[Finding] = []
-    for rule in RULES:
-        if rule is _not_learning and any(f.code == "diverging" for f in out):
-            continue  # a loss that blew up is not a flat one
-        if rule is _plateau and any(f.code == "overfitting" for f in out):
-            continue  # overfitting explains why val_loss stopped improving
-        out += rule(v, train)
-    if out:
-        return sorted(out, key=lambda f: SEVERITIES.index(f.severity))
-    if v.n == 0:
-        return [Finding("no-history", "info", f"no validation recorded yet (status {v.status})",
-                        "diagnose again after the first validation")]
-    return [Finding("healthy", "info", _summary(v),
-                    "nothing to fix" if v.n > 1 else
-                    "one validation is too short to judge trends; diagnose a longer run")]
-
-
-def _summary(v: _View) -> str:
-    parts = [f"{v.n} validation(s), status {v.status}"]
-    vals, best = v.finite("val_loss"), _best(v)
-    if vals and best:
-        parts.append(f"val_loss {_g(vals[0][1])} (epoch {v.epochs[vals[0][0]]}) -> best "
-                     f"{_g(best[1])} (epoch {v.epochs[best[0]]})")
-    tl = v.finite("train_loss")
-    if tl:
-        parts.append(f"train_loss {_g(tl[0][1])} -> {_g(tl[-1][1])}")
-    return "; ".join(parts)

@@ -209,7 +209,7 @@ def test_cli_exit_2_naming_the_missing_attribute(tmp_path, capsys, monkeypatch):
 
 def _spec(recipe):
     """The mapping a recipe from recipe_from_trainer closes over (for old_config)."""
-    from engine.compat.migrate import _spec as make_spec
+    from engine.compat.old_config import spec_of as make_spec
     cls = ot.RegressionConfig if recipe is ot.old_loss_recipe else ot.DictConfig
     return make_spec(cls, None, cls.__name__)
 
