@@ -15,7 +15,8 @@ import torch
 
 from engine import fit
 from engine.adapter import BaseTrainer
-from engine.compat.migrate import TRAIN_FIELDS, old_config, recipe_from_trainer
+from engine.compat.migrate import recipe_from_trainer
+from engine.compat.old_config import TRAIN_FIELDS, old_config
 from engine.core.config import TrainConfig
 from engine.core.errors import UserError
 from engine.io.layering import build_config, parse_set, to_toml
