@@ -46,7 +46,10 @@ class FigureWindow:
         first = state.step - len(norms)
         self.clear()
         t = state.totals
-        bad_at = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        window_sum = sum(losses)
+        bad_at = None   # a sum is finite only if every term is: one call, not one per step
+        if not math.isfinite(window_sum):
+            bad_at = next(i for i, v in enumerate(losses) if not math.isfinite(v))
         loss_sum = t.loss_sum
         for value in losses:   # in step order, so a resumed epoch sums to the same float
             loss_sum += value
@@ -55,10 +58,10 @@ class FigureWindow:
             norm_sum += value
             clipped += self.clip > 0 and value > self.clip
         n_losses = len(losses)
-        recent = sum(losses) / n_losses if n_losses else state.recent_loss
+        recent = window_sum / n_losses if n_losses else state.recent_loss
         flags = distributed.all_sum([float(bad_at is not None),
                                      float(stop.count > 0 and not epoch_end),
-                                     sum(losses), float(n_losses)], self.world, self.device)
+                                     window_sum, float(n_losses)], self.world, self.device)
         if self.world.active:
             # every rank records the mean over all ranks' batches: the window's losses are
             # summed in the same collective as the flags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -13,11 +14,13 @@ from engine.core.events import Event
 class ProgressBar:
     """tqdm over each epoch's optimizer steps, with the latest logged loss and the rate."""
 
-    events = frozenset({Event.EPOCH_START, Event.STEP_END, Event.EPOCH_END, Event.FIT_END})
-
     def __init__(self) -> None:
         self.bar = None
         self.shown_loss = None
+        # no terminal, no bar (tqdm's disable=None): then it listens to nothing, so a run
+        # whose stderr is a file or a pipe pays nothing per step for it
+        self.events = (frozenset({Event.EPOCH_START, Event.STEP_END, Event.EPOCH_END,
+                                  Event.FIT_END}) if _terminal() else frozenset())
 
     def __call__(self, event: Event, state: Any) -> None:
         run = state.run
@@ -46,3 +49,10 @@ class ProgressBar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):   # replaced or closed
+        return False
