@@ -28,7 +28,8 @@ LOG = logging.getLogger("engine")
 
 def standard(run: Any) -> tuple:
     """The writers every run with a run directory gets."""
-    return (MetricsWriter(), RunLog(), ProgressBar(), PlotWriter())
+    from engine.io.trackers import trackers_for  # train.loggers: each imported when named
+    return (MetricsWriter(), RunLog(), ProgressBar(), PlotWriter(), *trackers_for(run))
 
 
 def _fmt(value: Any) -> str:

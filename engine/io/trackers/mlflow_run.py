@@ -1,0 +1,154 @@
+"""The mlflow tracker: one MLflow run per engine run, through `MlflowClient` (never the fluent
+global API, so two runs in one process keep apart).
+
+- tracking URI `train.mlflow_uri`, default `sqlite:///{output_dir, absolute}/mlflow.db`, with
+  artifacts beside the database (`mlartifacts/`), never in the current folder;
+- experiment = the registry key; run name = run_id; params = the flattened config;
+- metrics = each history column per validation (step = epoch);
+- tags `engine.status` (running, then the final status), `engine.run_dir`, `engine.study_id`;
+- at the end metrics.png and config.toml as artifacts.
+
+The MLflow run's id goes into metrics.json (`"mlflow": {"run_id", ...}`): a resumed run carries
+on in the same MLflow run. HTTP requests are bounded (no retries, a short timeout) so an
+unreachable server costs seconds, not MLflow's default minutes; a SQLite store that another
+process holds is retried for a few seconds, so parallel runs on one file all get recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.core.events import Event
+from engine.io.trackers import figures, flat_config
+
+# set before mlflow reads them; a user's own settings win
+_BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+_FINAL = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED",
+          "failed": "FAILED"}
+_BUSY = ("database is locked", "already exists", "unique constraint", "database schema has")
+_BUSY_SECONDS = 30.0
+
+
+def tracking_uri(train: Any) -> str:
+    """`train.mlflow_uri`, or the SQLite file in the (absolute) output folder."""
+    if train.mlflow_uri:
+        return train.mlflow_uri
+    return f"sqlite:///{Path(train.output_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite file; a server decides."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.resolve().parent / "mlartifacts").as_uri()
+    return None
+
+
+def make(run: Any) -> MlflowRun:
+    for key, value in _BOUNDS.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+    for noisy in ("mlflow", "alembic"):   # after the import: mlflow sets its level on import
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return MlflowRun(MlflowClient, tracking_uri(run.cfg.train))
+
+
+def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """`call(...)`, retried while a SQLite store is busy (another process writing, or making
+    its tables); any other error at once."""
+    deadline = time.monotonic() + _BUSY_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            text = str(exc).lower()
+            if time.monotonic() > deadline or not any(b in text for b in _BUSY):
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+class MlflowRun:
+    events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FIT_END})
+
+    def __init__(self, client_class: Any, uri: str) -> None:
+        self.client_class = client_class
+        self.client: Any = None
+        self.uri = uri
+        self.run_id: str | None = None
+
+    def __call__(self, event: Event, state: Any) -> None:
+        if event is Event.FIT_START:
+            self._start(state.run)
+        elif event is Event.VALIDATION_END:
+            self._metrics(state)
+        else:
+            self._end(state)
+
+    def _experiment(self, name: str) -> str:
+        found = _patiently(self.client.get_experiment_by_name, name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return _patiently(self.client.create_experiment, name,
+                              artifact_location=artifact_root(self.uri))
+        except Exception:
+            # another process made it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def _start(self, run: Any) -> None:
+        from mlflow.entities import Param
+        # made here, not in make(): a SQLite store opens (and makes its tables) at once, and
+        # a failure now reaches train.log
+        self.client = _patiently(self.client_class, tracking_uri=self.uri)
+        earlier = (run.metrics_extra.get("mlflow") or {}).get("run_id")
+        params = {k: str(v) for k, v in flat_config(run.cfg).items()}
+        tags = {"engine.status": "running", "engine.run_dir": str(Path(run.run_dir).resolve())}
+        study_id = (run.metrics_extra.get("study") or {}).get("study_id")
+        if study_id is not None:
+            tags["engine.study_id"] = str(study_id)
+        if earlier:
+            # a resumed run: carry on in its MLflow run; params are immutable there, so only
+            # new keys are added and a changed value is noted as a tag
+            self.run_id = earlier
+            old = _patiently(self.client.get_run, earlier).data.params
+            _patiently(self.client.update_run, earlier, status="RUNNING")
+            for key, value in params.items():
+                if key in old and old[key] != value:
+                    tags[f"engine.resumed_with.{key}"] = value
+            params = {k: v for k, v in params.items() if k not in old}
+        else:
+            experiment = self._experiment(run.name)
+            created = _patiently(self.client.create_run, experiment, run_name=run.run_id)
+            self.run_id = created.info.run_id
+            run.metrics_extra["mlflow"] = {"run_id": self.run_id, "experiment_id": experiment,
+                                           "tracking_uri": self.uri}
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):   # MLflow takes 100 params per batch
+            _patiently(self.client.log_batch, self.run_id, params=items[i:i + 100])
+        for key, value in tags.items():
+            _patiently(self.client.set_tag, self.run_id, key, value)
+
+    def _metrics(self, state: Any) -> None:
+        from mlflow.entities import Metric
+        epoch = state.history["epoch"][-1]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, epoch) for k, v in figures(state).items()]
+        _patiently(self.client.log_batch, self.run_id, metrics=metrics)
+
+    def _end(self, state: Any) -> None:
+        _patiently(self.client.set_tag, self.run_id, "engine.status", state.status)
+        for name in ("metrics.png", "config.toml"):
+            path = state.run.run_dir / name
+            if path.is_file():
+                _patiently(self.client.log_artifact, self.run_id, str(path))
+        _patiently(self.client.set_terminated, self.run_id,
+                   status=_FINAL.get(state.status, "FINISHED"))
