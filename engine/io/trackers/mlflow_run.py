@@ -30,7 +30,8 @@ _BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT"
 _FINAL = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED",
           "failed": "FAILED"}
 _BUSY = ("database is locked", "already exists", "unique constraint", "database schema has")
-_BUSY_SECONDS = 30.0
+_BUSY_SECONDS = 10.0
+_FIRST_OPEN_SECONDS = 60.0   # another process making the tables (once per database)
 
 
 def tracking_uri(train: Any) -> str:
@@ -73,6 +74,30 @@ def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
             pause = min(pause * 2, 1.0)
 
 
+def _open_client(client_class: Any, uri: str) -> Any:
+    """An MlflowClient on `uri`. Opening a SQLite store makes or upgrades its tables, which two
+    processes must not do at once (one fails with "table ... already exists"): a lock file
+    beside the database lets them take turns."""
+    if not uri.startswith("sqlite:///"):
+        return client_class(tracking_uri=uri)
+    import fcntl
+    db = Path(uri[len("sqlite:///"):])
+    deadline = time.monotonic() + _FIRST_OPEN_SECONDS
+    with open(db.parent / f"{db.name}.lock", "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{db} is locked by another process") from None
+                time.sleep(0.05)
+        try:
+            return _patiently(client_class, tracking_uri=uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class MlflowRun:
     events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FIT_END})
 
@@ -108,7 +133,7 @@ class MlflowRun:
         from mlflow.entities import Param
         # made here, not in make(): a SQLite store opens (and makes its tables) at once, and
         # a failure now reaches train.log
-        self.client = _patiently(self.client_class, tracking_uri=self.uri)
+        self.client = _open_client(self.client_class, self.uri)
         earlier = (run.metrics_extra.get("mlflow") or {}).get("run_id")
         params = {k: str(v) for k, v in flat_config(run.cfg).items()}
         tags = {"engine.status": "running", "engine.run_dir": str(Path(run.run_dir).resolve())}

@@ -19,9 +19,7 @@ from engine.io.trackers import figures, flat_config
 
 def make(run: Any) -> TensorBoardWriter:
     from torch.utils.tensorboard import SummaryWriter
-    folder = run.run_dir / "tensorboard"
-    # flush_secs: the writer's thread flushes on its own too; we flush at each validation
-    return TensorBoardWriter(SummaryWriter(log_dir=str(folder), flush_secs=60))
+    return TensorBoardWriter(SummaryWriter)
 
 
 def _hparam(value: Any) -> Any:
@@ -31,13 +29,20 @@ def _hparam(value: Any) -> Any:
 
 
 class TensorBoardWriter:
-    events = frozenset({Event.STEP_END, Event.VALIDATION_END, Event.FIT_END})
+    events = frozenset({Event.FIT_START, Event.STEP_END, Event.VALIDATION_END, Event.FIT_END})
 
-    def __init__(self, writer: Any) -> None:
-        self.writer = writer
+    def __init__(self, writer_class: Any) -> None:
+        self.writer_class = writer_class
+        self.writer: Any = None
         self.last_loss: float | None = None
 
     def __call__(self, event: Event, state: Any) -> None:
+        if event is Event.FIT_START:
+            # made here, once train.log is open, so a folder that cannot be made is logged
+            # there; the writer's thread flushes on its own, and we flush at each validation
+            self.writer = self.writer_class(log_dir=str(state.run.run_dir / "tensorboard"),
+                                            flush_secs=60)
+            return
         if event is Event.STEP_END:
             loss = state.recent_loss
             if loss is not None and loss != self.last_loss:
@@ -73,4 +78,5 @@ class TensorBoardWriter:
             self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
