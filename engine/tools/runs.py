@@ -148,23 +148,35 @@ def _cut(text: str, width: int) -> str:
 
 
 def table(runs: list[RunInfo], width: int) -> str:
-    """The runs as aligned columns fitting `width` characters (the recipe and study columns
-    are cut first). Epochs count from 1 here, as in the log."""
-    header = ("RUN_ID", "RECIPE", "STATUS", "EPOCHS", "BEST", "VAL_LOSS", "STARTED (UTC)",
-              "DURATION", "STUDY")
-    rows = [(r.run_id, r.recipe, r.status, str(r.epochs),
+    """The runs as aligned columns fitting `width` characters where it can: first the study
+    column is cut, then STARTED goes (the run id holds the local start time), then the gaps
+    narrow, then the recipe column is cut. Epochs count from 1 here, as in the log."""
+    header = ["RUN_ID", "RECIPE", "STATUS", "EPOCHS", "BEST", "VAL_LOSS", "STARTED (UTC)",
+              "DURATION", "STUDY"]
+    rows = [[r.run_id, r.recipe, r.status, str(r.epochs),
              "-" if r.best_epoch is None else str(r.best_epoch + 1),
              "-" if r.best_val_loss is None else f"{r.best_val_loss:.4g}",
              (r.started or "-").replace("T", " ").removesuffix("Z")[:16],
-             _duration(r.duration_s), r.study_id or "-") for r in runs]
+             _duration(r.duration_s), r.study_id or "-"] for r in runs]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    for column, least in ((8, 5), (1, 8)):   # study, then recipe, shrink to fit
-        excess = sum(widths) + 2 * (len(widths) - 1) - width
-        if excess > 0:
-            widths[column] = max(least, widths[column] - excess)
-    lines = ["  ".join(_cut(cell, w).ljust(w) for cell, w in zip(row, widths)).rstrip()
-             for row in [header, *rows]]
-    return "\n".join(lines)
+    gap = 2
+
+    def excess() -> int:
+        return sum(widths) + gap * (len(widths) - 1) - width
+
+    if excess() > 0:   # the study column first
+        widths[-1] = max(5, widths[-1] - excess())
+    if excess() > 0:
+        for row in [header, *rows]:
+            del row[6]
+        del widths[6]
+    if excess() > 0:
+        gap = 1
+    if excess() > 0:
+        widths[1] = max(8, widths[1] - excess())
+    return "\n".join((" " * gap).join(_cut(cell, w).ljust(w)
+                                      for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
 
 
 def cli(name: str | None, output_dir: str | None, as_json: bool) -> int:

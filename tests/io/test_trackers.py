@@ -13,21 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, engine, run_dirs
 
 from engine.core import config as core_config
 from engine.core.errors import UserError
 from engine.io.fit import fit
 from engine.io.layering import parse_set, read_toml, to_toml
 from engine.io.registry import resolve
-from helpers import ROOT, engine, run_dirs
 
 RECIPES = ROOT / "recipes.toml"
 
 
 def autoencoder(tmp_path: Path, *sets: str):
+    output = f"train.output_dir={json.dumps(str(tmp_path))}"
     _, recipe, cfg = resolve("autoencoder", recipes=RECIPES,
-                             sets=["train.epochs=2", f"train.output_dir={json.dumps(str(tmp_path))}",
-                                   *sets])
+                             sets=["train.epochs=2", output, *sets])
     return recipe, cfg
 
 
