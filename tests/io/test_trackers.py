@@ -206,7 +206,31 @@ def test_an_unreachable_mlflow_server_costs_seconds_and_one_warning(tmp_path):
     assert done.returncode == 0, done.stderr
     (run_dir,) = run_dirs(tmp_path, "autoencoder")
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
-    assert (run_dir / "train.log").read_text().count("tracker mlflow is off") == 1
+    log = (run_dir / "train.log").read_text()
+    assert log.count("tracker mlflow is off") == 1 and "Traceback" not in log
+    assert done.stdout.count("tracker mlflow is off") == 1 and "Traceback" not in done.stderr
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 3
     assert seconds < 90   # a process start, torch and mlflow imports; MLflow's own retries: minutes
     assert read_toml(run_dir / "config.toml", "config")["train"]["loggers"] == ["mlflow", "csv"]
+
+
+def test_a_locked_sqlite_store_logs_one_warning_within_seconds(tmp_path):
+    """Another process holds the database (an exclusive lock): the run ends normally."""
+    import sqlite3
+
+    recipe, cfg = autoencoder(tmp_path, 'train.loggers=["mlflow","csv"]', "train.epochs=1")
+    fit(recipe, cfg, run_dir=tmp_path / "first")          # makes the database
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        result = fit(recipe, cfg, run_dir=tmp_path / "second")
+        seconds = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.status == "completed"
+    log = (tmp_path / "second" / "train.log").read_text()
+    assert log.count("tracker mlflow is off") == 1 and "Traceback" not in log
+    assert (tmp_path / "second" / "metrics.csv").exists()
+    assert seconds < 60

@@ -10,8 +10,9 @@ global API, so two runs in one process keep apart).
 
 The MLflow run's id goes into metrics.json (`"mlflow": {"run_id", ...}`): a resumed run carries
 on in the same MLflow run. HTTP requests are bounded (no retries, a short timeout) so an
-unreachable server costs seconds, not MLflow's default minutes; a SQLite store that another
-process holds is retried for a few seconds, so parallel runs on one file all get recorded.
+unreachable server costs seconds, not MLflow's default minutes. Parallel runs on one SQLite
+file all get recorded: a new database is opened in turn (a lock file), and MLflow waits for a
+busy file itself (up to 20 s per call; a file locked for longer turns the tracker off).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from engine.io.trackers import figures, flat_config
 _BOUNDS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 _FINAL = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "KILLED",
           "failed": "FAILED"}
-_BUSY = ("database is locked", "already exists", "unique constraint", "database schema has")
-_BUSY_SECONDS = 10.0
+# not "database is locked": MLflow's sessions already wait 20 s for a busy SQLite file
+_BUSY = ("already exists", "unique constraint", "database schema has")
+_BUSY_SECONDS = 5.0
 _FIRST_OPEN_SECONDS = 60.0   # another process making the tables (once per database)
 
 
@@ -53,14 +55,16 @@ def make(run: Any) -> MlflowRun:
     for key, value in _BOUNDS.items():
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
-    for noisy in ("mlflow", "alembic"):   # after the import: mlflow sets its level on import
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # after the import (mlflow sets its level on import): mlflow logs a failed SQL call as an
+    # ERROR with its traceback; the tracker's one warning says it instead
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     return MlflowRun(MlflowClient, tracking_uri(run.cfg.train))
 
 
 def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
-    """`call(...)`, retried while a SQLite store is busy (another process writing, or making
-    its tables); any other error at once."""
+    """`call(...)`, retried for a few seconds when another process made the same thing first
+    (an experiment, the tables); any other error at once."""
     deadline = time.monotonic() + _BUSY_SECONDS
     pause = 0.05
     while True:
