@@ -234,3 +234,22 @@ def test_a_locked_sqlite_store_logs_one_warning_within_seconds(tmp_path):
     assert log.count("tracker mlflow is off") == 1 and "Traceback" not in log
     assert (tmp_path / "second" / "metrics.csv").exists()
     assert seconds < 60
+
+
+def test_a_resume_whose_mlflow_run_is_gone_starts_a_new_one(tmp_path):
+    from mlflow.tracking import MlflowClient
+    recipe, cfg = autoencoder(tmp_path, 'train.loggers=["mlflow"]', "train.epochs=1")
+    run_dir = tmp_path / "run"
+    fit(recipe, cfg, run_dir=run_dir, name="autoencoder")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["mlflow"]["run_id"] = "0" * 32        # e.g. a store made again since
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    recipe, cfg = autoencoder(tmp_path, 'train.loggers=["mlflow"]', "train.epochs=2")
+    result = fit(recipe, cfg, run_dir=run_dir, name="autoencoder",
+                 resume=run_dir / "checkpoints" / "last.pt")
+    assert result.status == "completed"
+    new_id = json.loads((run_dir / "metrics.json").read_text())["mlflow"]["run_id"]
+    assert new_id != "0" * 32
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(new_id).data.tags["engine.status"] == "completed"
+    assert "tracker mlflow is off" not in (run_dir / "train.log").read_text()

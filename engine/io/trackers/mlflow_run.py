@@ -134,25 +134,20 @@ class MlflowRun:
             return found.experiment_id
 
     def _start(self, run: Any) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
         # made here, not in make(): a SQLite store opens (and makes its tables) at once, and
         # a failure now reaches train.log
         self.client = _open_client(self.client_class, self.uri)
-        earlier = (run.metrics_extra.get("mlflow") or {}).get("run_id")
         params = {k: str(v) for k, v in flat_config(run.cfg).items()}
         tags = {"engine.status": "running", "engine.run_dir": str(Path(run.run_dir).resolve())}
         study_id = (run.metrics_extra.get("study") or {}).get("study_id")
         if study_id is not None:
             tags["engine.study_id"] = str(study_id)
-        if earlier:
-            # a resumed run: carry on in its MLflow run; params are immutable there, so only
-            # new keys are added and a changed value is noted as a tag
-            self.run_id = earlier
-            old = _patiently(self.client.get_run, earlier).data.params
-            _patiently(self.client.update_run, earlier, status="RUNNING")
-            for key, value in params.items():
-                if key in old and old[key] != value:
-                    tags[f"engine.resumed_with.{key}"] = value
+        old = self._resumed((run.metrics_extra.get("mlflow") or {}).get("run_id"))
+        if old is not None:
+            # params are immutable in MLflow: only new keys are added, a changed value is a tag
+            tags.update({f"engine.resumed_with.{k}": v for k, v in params.items()
+                         if k in old and old[k] != v})
             params = {k: v for k, v in params.items() if k not in old}
         else:
             experiment = self._experiment(run.name)
@@ -161,10 +156,26 @@ class MlflowRun:
             run.metrics_extra["mlflow"] = {"run_id": self.run_id, "experiment_id": experiment,
                                            "tracking_uri": self.uri}
         items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):   # MLflow takes 100 params per batch
-            _patiently(self.client.log_batch, self.run_id, params=items[i:i + 100])
-        for key, value in tags.items():
-            _patiently(self.client.set_tag, self.run_id, key, value)
+        batches = [items[i:i + 100] for i in range(0, len(items), 100)] or [[]]
+        for i, batch in enumerate(batches):   # MLflow takes 100 params per batch
+            _patiently(self.client.log_batch, self.run_id, params=batch,
+                       tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
+
+    def _resumed(self, earlier: str | None) -> dict | None:
+        """A resumed run's MLflow run, set running again: its params; None to start a new
+        one (a first run, or a store that does not hold that run)."""
+        if not earlier:
+            return None
+        from mlflow.exceptions import MlflowException
+        try:
+            params = _patiently(self.client.get_run, earlier).data.params
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        _patiently(self.client.update_run, earlier, status="RUNNING")
+        self.run_id = earlier
+        return dict(params)
 
     def _metrics(self, state: Any) -> None:
         from mlflow.entities import Metric
