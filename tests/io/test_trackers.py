@@ -253,3 +253,14 @@ def test_a_resume_whose_mlflow_run_is_gone_starts_a_new_one(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(new_id).data.tags["engine.status"] == "completed"
     assert "tracker mlflow is off" not in (run_dir / "train.log").read_text()
+
+
+def test_only_rank_0_tracks(tmp_path):
+    """Under torchrun every rank builds its writers; the trackers come only on rank 0."""
+    from types import SimpleNamespace
+
+    from engine.io.trackers import trackers_for
+    _, cfg = autoencoder(tmp_path, 'train.loggers=["csv","tensorboard","csv"]')
+    run = SimpleNamespace(rank=0, run_dir=tmp_path, cfg=cfg)
+    assert [t.name for t in trackers_for(run)] == ["csv", "tensorboard"]
+    assert trackers_for(SimpleNamespace(rank=1, run_dir=tmp_path, cfg=cfg)) == ()
