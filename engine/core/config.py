@@ -83,7 +83,7 @@ def _as_tuple(value: Any) -> Any:
 
 def _check_loggers(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     names = ", ".join(f'"{n}"' for n in LOGGERS)
-    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
         raise Refused(f"train.loggers must be a list of names, got {value!r}",
                       f"a list of {names}", f"loggers = {value!r}")
     for name in value:
