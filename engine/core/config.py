@@ -7,12 +7,14 @@ here is what a valid config is.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
-from engine.core.errors import UserError
+from engine.core.errors import UserError, close_match
 
 # --- TrainConfig and its ranges --------------------------------------------------------------
 
@@ -59,6 +61,64 @@ def _f(default: Any) -> Any:
     return attrs.field(default=default, validator=_in_range)
 
 
+# --- trackers (DESIGN.md 8): which loggers exist, and what a tracking URI looks like --------
+
+# each logger with the package it needs (None: the standard library is enough)
+LOGGERS: dict[str, str | None] = {"tensorboard": "tensorboard", "mlflow": "mlflow", "csv": None}
+_URI_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class Refused(ValueError):
+    """A validator's refusal with the parts of a UserError (expected, found, hint)."""
+
+    def __init__(self, message: str, expected: str, found: str, hint: str | None = None):
+        super().__init__(message)
+        self.expected, self.found, self.hint = expected, found, hint
+
+
+def _as_tuple(value: Any) -> Any:
+    # the Python API may pass a list; a lone string is left for the validator to refuse
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _check_loggers(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    names = ", ".join(f'"{n}"' for n in LOGGERS)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise Refused(f"train.loggers must be a list of names, got {value!r}",
+                      f"a list of {names}", f"loggers = {value!r}")
+    for name in value:
+        if name not in LOGGERS:
+            raise Refused(f"unknown logger {name!r}", f"any of {names}",
+                          f'"{name}" in loggers = ' + toml_value(list(value)),
+                          close_match(name, LOGGERS))
+        package = LOGGERS[name]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise Refused(f"logger {name!r} needs the {package} package", f"{package} installed",
+                          f"no module named {package!r}",
+                          'pip install -e ".[trackers]"')
+
+
+def _check_mlflow_uri(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    scheme = parts.scheme.split("+")[0] if parts else ""
+    ok = scheme in _URI_SCHEMES
+    if scheme == "sqlite":
+        ok = value.startswith("sqlite:///") and len(value) > len("sqlite:///")
+    elif scheme in ("http", "https"):
+        ok = bool(parts.hostname)
+        try:
+            parts.port  # noqa: B018  (raises on a port that is not a number)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise Refused(f"train.mlflow_uri is not a tracking URI: {value!r}",
+                      "a tracking URI such as sqlite:///artifacts/mlflow.db or "
+                      "http://127.0.0.1:5000", f"mlflow_uri = {value!r}",
+                      "leave it out for sqlite:///{output_dir}/mlflow.db")
+
+
 @attrs.frozen
 class TrainConfig:
     """How to train: the fields every recipe shares (`[train]` in TOML).
@@ -96,6 +156,10 @@ class TrainConfig:
     gamma: float = _f(0.1)
     momentum: float = _f(0.9)
     min_lr: float = _f(0.0)
+    # trackers (engine.io.trackers): any of "tensorboard", "mlflow", "csv"
+    loggers: tuple[str, ...] = attrs.field(default=(), converter=_as_tuple,
+                                           validator=_check_loggers)
+    mlflow_uri: str | None = attrs.field(default=None, validator=_check_mlflow_uri)
 
 
 
@@ -108,6 +172,8 @@ def toml_value(value: Any) -> str:
         return f'"{value}"'
     if isinstance(value, dict):
         return "{...}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
 
 
@@ -124,6 +190,9 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
             continue
         try:
             field.validator(cfg, field, value)
+        except Refused as exc:  # a check that says what it expected itself
+            errors.append(UserError(f"invalid value for '{'.'.join(path)}'", where=where(path),
+                                    expected=exc.expected, found=exc.found, hint=exc.hint))
         except Exception as exc:  # a validator's own message names the rule
             rule = RANGES.get(field.name, (None, None))[1] if type(cfg) is TrainConfig else None
             kind = "invalid value" if isinstance(value, str) else "config value out of range"

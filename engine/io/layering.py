@@ -60,6 +60,15 @@ def _strict_str(value: Any, _: type) -> str:
     return value
 
 
+def _strict_str_tuple(value: Any, _: type) -> tuple[str, ...]:
+    # cattrs would iterate a lone string into its characters: "csv" -> ("c", "s", "v")
+    if type(value) not in (list, tuple):
+        raise _WrongType('a list of strings, e.g. ["csv"]', value)
+    for item in value:
+        _strict_str(item, str)
+    return tuple(value)
+
+
 def make_converter() -> cattrs.Converter:
     """A cattrs converter that refuses unknown keys and never coerces (1.9 is not an int)."""
     conv = cattrs.Converter(forbid_extra_keys=True)
@@ -67,6 +76,7 @@ def make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook_func(lambda tp: tp == tuple[str, ...], _strict_str_tuple)
     return conv
 
 

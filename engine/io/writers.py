@@ -30,9 +30,12 @@ LOG = logging.getLogger("engine")
 def standard(run: Any) -> tuple[tuple, tuple]:
     """The writers every run with a run directory gets, as (first, last): `fit` puts the
     recipe's and the caller's callbacks between them, so train.log is open for whatever they
-    log, from FIT_START to FIT_END, and metrics.json holds what they add at any event."""
+    log, from FIT_START to FIT_END, and metrics.json holds what they add at any event. The
+    trackers `train.loggers` names come last (each library imported only when named)."""
+    from engine.io.trackers import trackers_for  # deferred: start-up time, see above
     log = RunLog()
-    return (log,), (MetricsWriter(), ProgressBar(), PlotWriter(), log.closer)
+    return (log,), (MetricsWriter(), ProgressBar(), PlotWriter(), *trackers_for(run),
+                    log.closer)
 
 
 def _fmt(value: Any) -> str:
