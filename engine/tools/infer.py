@@ -197,6 +197,11 @@ def _unknown_size(cls: type, p: Param, fields: Fields) -> UserError:
 
 # --- the loss --------------------------------------------------------------------------------
 
+def _batched(value: torch.Tensor) -> str:
+    """`float32[B, 3]`: a batch's tensor with its batch dimension named."""
+    return re.sub(r"\[\d+", "[B", describe(value), count=1)
+
+
 def infer_task(out: Any, fields: Fields, wiring: Wiring, batch_fields: Fields) -> Task:
     """The loss the output and the target call for; a user error when they call for none."""
     first = isinstance(out, (tuple, list))
@@ -205,7 +210,7 @@ def infer_task(out: Any, fields: Fields, wiring: Wiring, batch_fields: Fields) -
         raise UserError("forward does not return a tensor", where="the model's forward",
                         expected="a tensor (or a tuple whose first element is one)",
                         found=type(pred).__name__)
-    shown = describe(pred)
+    shown = _batched(pred)
     if wiring.target is None:
         inputs = [batch_fields.get(f) for _, f in wiring.inputs]
         if len(inputs) == 1 and pred.shape == inputs[0].shape and pred.is_floating_point():
@@ -213,7 +218,7 @@ def infer_task(out: Any, fields: Fields, wiring: Wiring, batch_fields: Fields) -
                         f"of the input {fields.shown(wiring.inputs[0][1])}", first)
         raise _no_loss(shown, "no target field", fields, wiring)
     target = batch_fields.get(wiring.target)
-    tshown = f"{fields.shown(wiring.target)} {describe(target)}"
+    tshown = f"{fields.shown(wiring.target)} {_batched(target)}"
     if not isinstance(target, torch.Tensor):
         raise _no_loss(shown, f"target {tshown}", fields, wiring)
     integer = not target.is_floating_point() and target.dtype != torch.bool

@@ -132,6 +132,7 @@ def config_py(plan: Plan) -> str:
 The defaults here are overridden by the recipe's tables in recipes.toml:
 [{plan.name}.train] (TrainConfig), [{plan.name}.model] and [{plan.name}.data].
 """
+
 {"from typing import Any" + chr(10) + chr(10) if uses_any else ""}import attrs
 
 from engine import TrainConfig
@@ -140,12 +141,14 @@ from engine import TrainConfig
 @attrs.frozen
 class ModelConfig:
     """[model]: the parameters of {model.__name__}.__init__ ({model.__module__}).{kept}"""
+
 {chr(10).join(model_lines)}
 
 
 @attrs.frozen
 class DataConfig:
     """[data]: the parameters of {data.__name__}.__init__ ({data.__module__}).{split}{dkept}"""
+
 {chr(10).join(data_lines)}
 
 

@@ -10,10 +10,15 @@ from engine.tools.render_code import LOSS_WORDS, SCHEDULE_WORDS, SETTINGS, Plan,
 from engine.tools.wire import shown_fields
 
 
-def _dataset_call(plan: Plan, extra: str = "") -> str:
+def _dataset_call(plan: Plan, target: str, extra: str = "") -> str:
+    """`    target = Dataset(a=data.a, ...)`, one argument a line when it is too long."""
     cls = plan.data.cls
     args = [f"{n}=data.{n}" for n in plan.data.values if n != "val_fraction"]
-    return f"{cls.__name__}({', '.join([*args, extra] if extra else args)})"
+    args += [extra] if extra else []
+    line = f"    {target} = {cls.__name__}({', '.join(args)})"
+    if len(line) <= 100:
+        return line
+    return f"    {target} = {cls.__name__}(\n" + "".join(f"        {a},\n" for a in args) + "    )"
 
 
 def data_py(plan: Plan) -> str:
@@ -22,12 +27,12 @@ def data_py(plan: Plan) -> str:
     if split:
         name, train_value, val_value = split
         how = f"validation is {cls.__name__}({name}={val_value!r})"
-        body = (f"    train_set = {_dataset_call(plan, f'{name}={train_value!r}')}\n"
-                f"    val_set = {_dataset_call(plan, f'{name}={val_value!r}')}\n"
-                f"    return train_set, val_set\n")
+        body = (_dataset_call(plan, "train_set", f"{name}={train_value!r}") + "\n"
+                + _dataset_call(plan, "val_set", f"{name}={val_value!r}") + "\n"
+                "    return train_set, val_set\n")
     else:
         how = "validation is a seeded random share data.val_fraction of it"
-        body = (f"    full = {_dataset_call(plan)}\n"
+        body = (_dataset_call(plan, "full") + "\n"
                 "    n_val = max(1, round(len(full) * data.val_fraction))\n"
                 "    n_val = min(n_val, len(full) - 1)  # keep a sample to train on\n"
                 "    generator = torch.Generator().manual_seed(data.split_seed)\n"
@@ -146,9 +151,12 @@ def inferred_lines(plan: Plan, probe: list[str]) -> list[str]:
 def init_py(plan: Plan, probe: list[str]) -> str:
     imports, own, body = _step_body(plan)
     optimizer, schedule, _, _ = SETTINGS[plan.kind]
-    spec = f"--model {plan.model_spec} --dataset {plan.dataset_spec}"
+    spec = f"--model {plan.model_spec}\n        --dataset {plan.dataset_spec}"
     lines = "\n".join(_wrap(line) for line in inferred_lines(plan, probe))
-    return f'''"""{plan.name}: a recipe made by `engine new {plan.name} {spec}`.
+    return f'''"""{plan.name}: a recipe that `engine new` wired to your own model and dataset:
+
+    python -m engine new {plan.name}
+        {spec}
 
 It trains {plan.model_cls.__name__} on {plan.data.cls.__name__}, both imported from your modules
 (not copied: edit them there). What `engine new` inferred, and from what:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ class Fields:
     def expr(self, name: str) -> str:
         """How generated code reads the field `name` from a batch."""
         if self.kind == "dict":
-            return f"batch[{name!r}]"
+            return f"batch[{json.dumps(name)}]"
         if self.kind == "record":
             return f"batch.{name}"
         if self.kind == "tuple":
