@@ -146,8 +146,10 @@ def _stem(name: str) -> str:
 def size_from_batch(param: str, fields: Fields, wiring: Wiring) -> tuple[Any, str] | None:
     """A size read from the shape of the input field its name points to (or the only input)."""
     inputs = [f for _, f in wiring.inputs]
-    matches = [f for f in inputs if _stem(f) == _stem(param)
-               or f.lower().startswith(_stem(param))]
+    stem = _stem(param)
+    # the field, or the forward parameter it feeds, named like the size (image_dim: image)
+    matches = [f for a, f in wiring.inputs if stem in (_stem(f), _stem(a))
+               or f.lower().startswith(stem)]
     if not matches and len(inputs) == 1 and param.lower() in _INPUT_NAMES:
         matches = inputs
     if len(matches) != 1 or not isinstance(fields.get(matches[0]), torch.Tensor):

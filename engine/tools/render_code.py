@@ -69,7 +69,39 @@ def toml_value(value: Any) -> str:
 
 
 def py_value(value: Any) -> str:
-    return repr(tuple(value)) if isinstance(value, list) else repr(value)
+    """A value as Python source, strings in double quotes."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(py_value(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value)
+
+
+def wrap(text: str, indent: str, width: int = 100) -> list[str]:
+    """`text` in lines of at most `width`, each starting with `indent`."""
+    lines, current = [], ""
+    for word in text.split():
+        if current and len(indent) + len(current) + 1 + len(word) > width:
+            lines.append(indent + current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    return [*lines, indent + current] if current else lines
+
+
+def _kept(names: tuple) -> str:
+    if not names:
+        return ""
+    return (", ".join(names) + (" is" if len(names) == 1 else " are")
+            + " left to the constructor's default (not a TOML value).")
+
+
+def _doc(title: str, body: str) -> str:
+    """A class docstring: the title line, then the body wrapped (when there is one)."""
+    if not body:
+        return f'    """{title}"""'
+    return f'    """{title}\n\n' + "\n".join(wrap(body, "    ")) + '\n    """'
 
 
 def class_name(name: str) -> str:
@@ -120,13 +152,13 @@ def config_py(plan: Plan) -> str:
     if not plan.data.split:
         data_lines.insert(0, "    val_fraction: float = 0.2  # the share of samples held out")
     uses_any = any(": Any" in line for line in model_lines + data_lines)
-    kept = "".join(f"\n    {n} is left to its default (not a TOML value)." for n in
-                   plan.model_kept)
-    dkept = "".join(f"\n    {n} is left to its default (not a TOML value)." for n in
-                    plan.data.kept)
-    split = ("" if not plan.data.split else
-             f" The validation set is {data.__name__}({plan.data.split[0]}="
-             f"{plan.data.split[2]!r}).")
+    split = (f"The validation set is {data.__name__}({plan.data.split[0]}="
+             f"{py_value(plan.data.split[2])})." if plan.data.split else
+             "The validation set is a seeded random share val_fraction of the dataset.")
+    model_doc = _doc(f"[model]: the parameters of {model.__name__}.__init__ "
+                     f"({model.__module__}).", _kept(plan.model_kept))
+    data_doc = _doc(f"[data]: the parameters of {data.__name__}.__init__ ({data.__module__}).",
+                    " ".join([split, _kept(plan.data.kept)]).strip())
     return f'''"""The config of recipe {plan.name}.
 
 The defaults here are overridden by the recipe's tables in recipes.toml:
@@ -140,14 +172,14 @@ from engine import TrainConfig
 
 @attrs.frozen
 class ModelConfig:
-    """[model]: the parameters of {model.__name__}.__init__ ({model.__module__}).{kept}"""
+{model_doc}
 
 {chr(10).join(model_lines)}
 
 
 @attrs.frozen
 class DataConfig:
-    """[data]: the parameters of {data.__name__}.__init__ ({data.__module__}).{split}{dkept}"""
+{data_doc}
 
 {chr(10).join(data_lines)}
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import attrs
 
 from engine.tools.infer import Task
-from engine.tools.render_code import LOSS_WORDS, SCHEDULE_WORDS, SETTINGS, Plan, class_name
+from engine.tools.render_code import (
+    LOSS_WORDS,
+    SCHEDULE_WORDS,
+    SETTINGS,
+    Plan,
+    class_name,
+    py_value,
+    wrap,
+)
 from engine.tools.wire import shown_fields
 
 
@@ -26,9 +34,9 @@ def data_py(plan: Plan) -> str:
     record = plan.fields.kind == "record"
     if split:
         name, train_value, val_value = split
-        how = f"validation is {cls.__name__}({name}={val_value!r})"
-        body = (_dataset_call(plan, "train_set", f"{name}={train_value!r}") + "\n"
-                + _dataset_call(plan, "val_set", f"{name}={val_value!r}") + "\n"
+        how = f"validation is {cls.__name__}({name}={py_value(val_value)})"
+        body = (_dataset_call(plan, "train_set", f"{name}={py_value(train_value)}") + "\n"
+                + _dataset_call(plan, "val_set", f"{name}={py_value(val_value)}") + "\n"
                 "    return train_set, val_set\n")
     else:
         how = "validation is a seeded random share data.val_fraction of it"
@@ -152,7 +160,7 @@ def init_py(plan: Plan, probe: list[str]) -> str:
     imports, own, body = _step_body(plan)
     optimizer, schedule, _, _ = SETTINGS[plan.kind]
     spec = f"--model {plan.model_spec}\n        --dataset {plan.dataset_spec}"
-    lines = "\n".join(_wrap(line) for line in inferred_lines(plan, probe))
+    lines = "\n".join(_bullet(line) for line in inferred_lines(plan, probe))
     return f'''"""{plan.name}: a recipe that `engine new` wired to your own model and dataset:
 
     python -m engine new {plan.name}
@@ -193,13 +201,7 @@ recipe = Recipe(
 '''
 
 
-def _wrap(line: str, width: int = 96) -> str:
-    """A bullet wrapped at `width`, continuation lines indented under its text."""
-    words, out, current = line.split(" "), [], ""
-    for word in words:
-        if current and len(current) + 1 + len(word) > width:
-            out.append(current)
-            current = "  " + word
-        else:
-            current = f"{current} {word}" if current else word
-    return "\n".join([*out, current])
+def _bullet(line: str) -> str:
+    """A `- ...` bullet wrapped at 96 columns, continuation lines under its text."""
+    first, *rest = wrap(line, "", 96)
+    return "\n".join([first, *wrap(" ".join(rest), "  ", 96)]) if rest else first
