@@ -86,7 +86,8 @@ def build_loaders(cfg: {cfg_cls}) -> Loaders:
     return Loaders(
         train=DataLoader(train_set, batch_size=train.batch_size, shuffle=True,
                          num_workers=train.num_workers{extra}),
-        val=DataLoader(val_set, batch_size=train.batch_size, num_workers=train.num_workers{extra}),
+        val=DataLoader(val_set, batch_size=train.batch_size,
+                       num_workers=train.num_workers{extra}),
     )
 '''
 

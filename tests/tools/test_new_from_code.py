@@ -240,6 +240,17 @@ def tree(root: Path) -> dict[str, bytes | None]:
             if "__pycache__" not in p.parts and "tmp" not in p.parts}
 
 
+def lint(folder: Path, project: Path, *modules: str) -> subprocess.CompletedProcess:
+    """ruff with the engine's settings; the engine and the user's modules sorted as first-party
+    (as they are in a project that holds both)."""
+    first_party = ", ".join(repr(m) for m in ("engine", "steps", *modules))
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
+         str(ROOT / "pyproject.toml"), "--config",
+         f"lint.isort.known-first-party = [{first_party}]", str(folder)],
+        capture_output=True, text=True, cwd=project)
+
+
 @pytest.fixture(scope="module")
 def made(project: Path) -> dict[str, dict]:
     """Each case through `new` (one after the other: they append to one recipes.toml), then
@@ -293,12 +304,8 @@ def test_wired_recipe_checks_and_trains_with_falling_loss(project: Path, made: d
     rate = added[name]["train"]["learning_rate"]
     assert f"train.learning_rate = {rate!r}: the overfit probe" in new.stdout
     assert f"{rate!r}: " in text["__init__.py"]   # the figures the rate was kept for
-    lint = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-         str(ROOT / "pyproject.toml"), "--config",
-         "lint.isort.known-first-party = ['engine', 'steps', '" + model_module + "', '"
-         + data_module + "']", str(folder)], capture_output=True, text=True, cwd=project)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
+    linted = lint(folder, project, model_module, data_module)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
 
     checked = result["check"]
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -403,9 +410,10 @@ def test_records_split_parameter_and_regression(project: Path):
     assert "features <- batch.features (by name); the target: batch.target" in out
     assert "model.features_dim = 5" in out and "mean squared error" in out
     data = (project / "recipes" / "reg" / "data.py").read_text()
-    assert "Records(train=True, size=data.size)" in data
-    assert "Records(train=False, size=data.size)" in data
+    assert "Records(size=data.size, train=True)" in data
+    assert "Records(size=data.size, train=False)" in data
     assert "collate_fn=collate" in data
+    assert lint(project / "recipes" / "reg", project, "reg_code").returncode == 0
     code, out, err = in_process(project, "check", "reg")
     assert code == 0 and "19 ok, 0 warn, 0 FAIL" in out, out + err
 
