@@ -87,16 +87,19 @@ def make_plan(name: str, model_spec: str, dataset_spec: str, kind: str | None,
     model_cls, dataset_cls = classes
     by_table = _sets_by_table(sets)
     data = infer.plan_data(dataset_cls, by_table["data"])
-    fields = wire.sample_fields(data.sample, f"--dataset {dataset_spec}: dataset[0]")
+    wire.sample_fields(data.sample, f"--dataset {dataset_spec}: dataset[0]")   # its structure
+    n = min(2, len(data.train_set))
+    batch = infer._call("collating dataset[0] and dataset[1]", f"--dataset {dataset_spec}",
+                        infer.collate, [data.train_set[i] for i in range(n)])
+    batch_fields = wire.sample_fields(batch, "a batch of two samples")
+    # dataset[0] as the loader delivers it (numbers and arrays made tensors), for the shapes
+    fields = wire.first_of(batch_fields)
     required, optional = wire.forward_params(model_cls)
     wiring = wire.wire(fields, required, optional, wire.parse_maps(maps))
     values, notes, req, kept = infer.model_values(model_cls, fields, wiring, data.train_set,
                                                   by_table["model"])
     where = f"--model {model_spec}"
     model = infer._call(f"{model_cls.__name__}(...)", where, model_cls, **values)
-    n = min(2, len(data.train_set))
-    batch = infer.collate([data.train_set[i] for i in range(n)])
-    batch_fields = wire.sample_fields(batch, "a batch of two samples")
     out = _forward(model, wiring.inputs, batch_fields, len(required), where)
     task = infer.infer_task(out, fields, wiring, batch_fields)
     kind, why = (kind, "given with --kind") if kind else infer.infer_kind(model, task)

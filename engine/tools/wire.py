@@ -195,6 +195,12 @@ def sample_fields(sample: Any, where: str) -> Fields:
                     found=type(sample).__name__)
 
 
+def first_of(batch: Fields) -> Fields:
+    """A batch's fields with the batch dimension taken off: one sample as the loader gives it."""
+    values = tuple(v[0] if isinstance(v, torch.Tensor) and v.dim() else v for v in batch.values)
+    return attrs.evolve(batch, values=values)
+
+
 def shown_fields(fields: Fields) -> str:
     from engine.core.preflight import describe
     return ", ".join(f"{fields.shown(n)}: {describe(fields.get(n))}" for n in fields.names)
