@@ -1,5 +1,6 @@
 """What `engine new --model` infers from the user's classes: the datasets, the model's sizes,
-the loss and metrics, and the kind of model (which picks optimizer and schedule).
+the loss and metrics, and the kind of model (which picks optimizer and schedule); the model's
+sizes are `engine.tools.sizes`'.
 
 Each inference keeps the reason it was made (`notes`), so the written recipe can say in its
 docstring what was inferred and from what.
@@ -19,7 +20,7 @@ from torch.utils.data import default_collate
 from engine.core.building import first_line
 from engine.core.errors import UserError, raise_all
 from engine.core.preflight import describe
-from engine.tools.wire import Fields, Param, Wiring, constructor_params, is_toml_value
+from engine.tools.wire import Fields, Wiring, constructor_params, is_toml_value
 
 VAL_SPLITS = ("val", "valid", "validation", "test")
 RANKING_NAMES = ("score", "scores", "relevance", "relevances", "rank", "ranks", "rating",
@@ -128,73 +129,6 @@ def collate(samples: list) -> Any:
         return type(first)(**{n: default_collate([getattr(s, n) for s in samples])
                               for n in names})
     return default_collate(samples)
-
-
-# --- the model's sizes -----------------------------------------------------------------------
-
-_STEM = re.compile(r"^(num_|n_|in_|d_)?(?P<stem>.+?)(_dim|_size|_features|_channels|_len)?$")
-_INPUT_NAMES = ("input_dim", "in_dim", "in_features", "input_size", "n_features",
-                "num_features", "d_in", "dim", "in_channels", "input_channels", "n_inputs")
-
-
-def _stem(name: str) -> str:
-    match = _STEM.match(name.lower())
-    stem = match.group("stem") if match else name.lower()
-    return stem[:-1] if stem.endswith("s") and len(stem) > 3 else stem
-
-
-def size_from_batch(param: str, fields: Fields, wiring: Wiring) -> tuple[Any, str] | None:
-    """A size read from the shape of the input field its name points to (or the only input)."""
-    inputs = [f for _, f in wiring.inputs]
-    stem = _stem(param)
-    # the field, or the forward parameter it feeds, named like the size (image_dim: image)
-    matches = [f for a, f in wiring.inputs if stem in (_stem(f), _stem(a))
-               or f.lower().startswith(stem)]
-    if not matches and len(inputs) == 1 and param.lower() in _INPUT_NAMES:
-        matches = inputs
-    if len(matches) != 1 or not isinstance(fields.get(matches[0]), torch.Tensor):
-        return None
-    value = fields.get(matches[0])
-    if value.dim() == 0:
-        return None
-    channels = param.lower().endswith("channels")
-    size = int(value.shape[0] if channels else value.shape[-1])
-    which = "first (channel)" if channels else "last"
-    return size, f"the {which} dimension of {fields.shown(matches[0])} ({describe(value)})"
-
-
-def model_values(cls: type, fields: Fields, wiring: Wiring, dataset: Any,
-                 sets: Mapping[str, Any]) -> tuple[dict, dict, tuple, tuple]:
-    """(values, notes, required-and-set, kept) for the model's constructor: --set, then a
-    dataset attribute of the same name, then the batch's shapes; else an error."""
-    values, notes, required, kept, errors = {}, {}, [], [], []
-    for p in constructor_params(cls):
-        if p.name in sets:
-            values[p.name], notes[p.name] = sets[p.name], "given with --set"
-            required += [p.name] if p.required else []
-        elif not p.required:
-            if is_toml_value(p.default):
-                values[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default
-            else:
-                kept.append(p.name)
-        elif is_toml_value(getattr(dataset, p.name, None)):
-            values[p.name] = getattr(dataset, p.name)
-            notes[p.name] = f"{type(dataset).__name__}.{p.name} of the training set"
-        elif (found := size_from_batch(p.name, fields, wiring)) is not None:
-            values[p.name], notes[p.name] = found
-        else:
-            errors.append(_unknown_size(cls, p, fields))
-    raise_all(errors)
-    return values, notes, tuple(required), tuple(kept)
-
-
-def _unknown_size(cls: type, p: Param, fields: Fields) -> UserError:
-    from engine.tools.wire import shown_fields
-    return UserError(
-        f"cannot read {cls.__name__}'s '{p.name}' from the data", where=f"{cls.__module__}."
-        f"{cls.__name__}.__init__({p.name}: {p.annotation})", expected="a default, a dataset "
-        f"attribute '{p.name}', or a batch field whose name it names", found="dataset[0] is "
-        + shown_fields(fields), hint=f"--set model.{p.name}=VALUE")
 
 
 # --- the loss --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 
 from engine.core import rng
 from engine.core.errors import UserError, UserErrors, raise_all
-from engine.tools import infer, wire
+from engine.tools import infer, sizes, wire
 from engine.tools.render_code import SETTINGS, Plan, config_py, model_py, section
 from engine.tools.render_step import data_py, inferred_lines, init_py
 
@@ -96,9 +96,17 @@ def make_plan(name: str, model_spec: str, dataset_spec: str, kind: str | None,
     fields = wire.first_of(batch_fields)
     required, optional = wire.forward_params(model_cls)
     wiring = wire.wire(fields, required, optional, wire.parse_maps(maps))
-    values, notes, req, kept = infer.model_values(model_cls, fields, wiring, data.train_set,
-                                                  by_table["model"])
     where = f"--model {model_spec}"
+
+    def accepts(trial: dict) -> bool:
+        try:
+            _forward(model_cls(**trial), wiring.inputs, batch_fields, len(required), where)
+        except Exception:   # this combination of sizes does not fit: the next one
+            return False
+        return True
+
+    values, notes, req, kept = sizes.model_values(model_cls, fields, wiring, data.train_set,
+                                                  by_table["model"], accepts)
     model = infer._call(f"{model_cls.__name__}(...)", where, model_cls, **values)
     out = _forward(model, wiring.inputs, batch_fields, len(required), where)
     task = infer.infer_task(out, fields, wiring, batch_fields)

@@ -195,6 +195,34 @@ MODULES = {
         class NotAModel:
             pass
         ''',
+    "odd_models.py": '''
+        import torch
+        from torch import nn
+
+
+        class ShortNames(nn.Module):
+            """Sizes named unlike the fields: only one choice of them fits."""
+
+            def __init__(self, img_dim: int, txt_dim: int, n_out: int = 3):
+                super().__init__()
+                self.a, self.b = nn.Linear(img_dim, 8), nn.Linear(txt_dim, 8)
+                self.head = nn.Linear(16, n_out)
+
+            def forward(self, image, text):
+                return self.head(torch.cat([self.a(image), self.b(text)], dim=-1))
+
+
+        class UnusedLayer(nn.Module):
+            """A layer forward never calls: the gradients check fails."""
+
+            def __init__(self, image_dim: int, text_dim: int, num_classes: int):
+                super().__init__()
+                self.image_proj = nn.Linear(image_dim, num_classes)
+                self.text_proj = nn.Linear(text_dim, num_classes)
+
+            def forward(self, image, text):
+                return self.image_proj(image)
+        ''',
     "broken_code.py": "raise RuntimeError('this module does not import')\n",
 }
 
@@ -425,4 +453,33 @@ def test_new_needs_a_kind_or_both_classes(project: Path):
                  ["new", "x", "--kind", "cnn", "--map", "a=b"]):
         code, _, err = in_process(project, *args)
         assert code == 2 and err.startswith("error: "), err
+    assert tree(project) == before
+
+
+def test_sizes_found_by_the_one_fit_forward_takes(project: Path):
+    """Sizes whose names point to no field: the one choice of the inputs' dimensions that
+    forward runs with is taken, and said so."""
+    code, out, err = in_process(project, "new", "short", "--model", "odd_models:ShortNames",
+                                "--dataset", "fusion_data:FusionDataset", "--kind", "cnn")
+    assert code == 0, err
+    assert ('model.img_dim = 12: the last dimension of batch["image"], the one size of the '
+            "inputs forward takes") in out
+    assert 'model.txt_dim = 6: the last dimension of batch["text"]' in out
+    # --kind picks optimizer and schedule, and the [train] values they read
+    assert "kind cnn (given with --kind): SGD with Nesterov momentum" in out
+    section = tomllib.loads((project / "recipes.toml").read_text())["short"]["train"]
+    assert section["momentum"] == 0.9 and section["step_size"] == 3
+    assert "build_optimizer=optimizers.sgd_nesterov" in (
+        project / "recipes" / "short" / "__init__.py").read_text()
+
+
+def test_a_failing_check_refuses_with_its_message(project: Path):
+    """A parameter that gets no gradient: the gradients check's own message, exit 2, nothing
+    written."""
+    before = tree(project)
+    code, out, err = in_process(project, "new", "unused", "--model", "odd_models:UnusedLayer",
+                                "--dataset", "fusion_data:FusionDataset")
+    assert code == 2, out + err
+    assert "2 of 4 trainable parameters get no gradient" in err
+    assert "text_proj.weight" in err
     assert tree(project) == before
