@@ -29,6 +29,16 @@ def _dataset_call(plan: Plan, target: str, extra: str = "") -> str:
     return f"    {target} = {cls.__name__}(\n" + "".join(f"        {a},\n" for a in args) + "    )"
 
 
+def _collate_text(plan: Plan, is_attrs: bool) -> str:
+    fields = "attrs.fields" if is_attrs else "dataclasses.fields"
+    record_name = type(plan.data.sample).__name__
+    return (f'\n\ndef collate(samples: list) -> object:\n    """One {record_name}'
+            f' of stacked fields (default_collate does not know records)."""\n'
+            f"    kind = type(samples[0])\n    return kind(**{{f.name: default_collate("
+            f"[getattr(s, f.name) for s in samples])\n"
+            f"                    for f in {fields}(kind)}})\n")
+
+
 def data_py(plan: Plan) -> str:
     cls, split, cfg_cls = plan.data.cls, plan.data.split, class_name(plan.name)
     record = plan.fields.kind == "record"
@@ -49,15 +59,7 @@ def data_py(plan: Plan) -> str:
                 "    return train_set, val_set\n")
     uses_data = "data." in body
     is_attrs = record and attrs.has(type(plan.data.sample))
-    collate = ""
-    if record:
-        fields = "attrs.fields" if is_attrs else "dataclasses.fields"
-        record_name = type(plan.data.sample).__name__
-        collate = (f'\n\ndef collate(samples: list) -> object:\n    """One {record_name}'
-                   f' of stacked fields (default_collate does not know records)."""\n'
-                   f"    kind = type(samples[0])\n    return kind(**{{f.name: default_collate("
-                   f"[getattr(s, f.name) for s in samples])\n"
-                   f"                    for f in {fields}(kind)}})\n")
+    collate = _collate_text(plan, is_attrs) if record else ""
     extra = ", collate_fn=collate" if record else ""
     names = ["DataLoader", "Dataset", *(["default_collate"] if record else []),
              *([] if split else ["random_split"])]
