@@ -81,13 +81,26 @@ def py_value(value: Any) -> str:
 def wrap(text: str, indent: str, width: int = 100) -> list[str]:
     """`text` in lines of at most `width`, each starting with `indent`."""
     lines, current = [], ""
-    for word in text.split():
+    for word in _words(text):
         if current and len(indent) + len(current) + 1 + len(word) > width:
             lines.append(indent + current)
             current = word
         else:
             current = f"{current} {word}" if current else word
     return [*lines, indent + current] if current else lines
+
+
+def _words(text: str) -> list[str]:
+    """The words of `text`, a shape such as `float32[B, 2]` kept as one."""
+    words, current, depth = [], "", 0
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char.isspace() and depth <= 0:
+            words += [current] if current else []
+            current = ""
+        else:
+            current += char
+    return words + ([current] if current else [])
 
 
 def _kept(names: tuple) -> str:

@@ -483,3 +483,17 @@ def test_a_failing_check_refuses_with_its_message(project: Path):
     assert "2 of 4 trainable parameters get no gradient" in err
     assert "text_proj.weight" in err
     assert tree(project) == before
+
+
+def test_a_rate_that_fails_the_probe_is_refused(project: Path):
+    """--set train.learning_rate too low to move the loss: the overfit probe's message and the
+    falls per seed, exit 2, nothing written."""
+    before = tree(project)
+    code, out, err = in_process(project, "new", "slow", "--model",
+                                "fusion_model:FeatureFusionModel", "--dataset",
+                                "fusion_data:FusionDataset", "--set", "train.learning_rate=1e-9")
+    assert code == 2, out + err
+    assert "the loss does not fall when training on one fixed batch" in err
+    assert "no learning rate passed the overfit probe for every seed" in err
+    assert "1e-09: FAIL, FAIL, FAIL" in err
+    assert tree(project) == before
