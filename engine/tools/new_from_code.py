@@ -26,6 +26,7 @@ import torch
 
 from engine.core import rng
 from engine.core.errors import UserError, UserErrors, raise_all
+from engine.io.layering import tomllib
 from engine.tools import infer, sizes, wire
 from engine.tools.render_code import SETTINGS, Plan, config_py, model_py, section
 from engine.tools.render_step import data_py, inferred_lines, init_py
@@ -161,8 +162,18 @@ def run_checks(name: str, registry: str, sets: Sequence[str]) -> tuple[list, lis
     return lines, errors
 
 
-def _flat(errors: list) -> list[UserError]:
-    return [e for err in errors for e in (err.errors if isinstance(err, UserErrors) else [err])]
+def _flat(errors: list, registry: str) -> list[UserError]:
+    """The errors one by one, the staged package named as the written one will be."""
+    tables = tomllib.loads(Path(registry).read_text(encoding="utf-8"))
+    (name, entry), = tables.items()
+    package = entry["recipe"].partition(":")[0]
+    flat = [e for err in errors for e in (err.errors if isinstance(err, UserErrors) else [err])]
+    for error in flat:
+        for label in ("what", "where", "expected", "found", "hint"):
+            value = getattr(error, label)
+            if isinstance(value, str):
+                setattr(error, label, value.replace(package, f"recipes.{name}"))
+    return flat
 
 
 _FALL = re.compile(r"\((-?\d+)% lower\)")
@@ -183,7 +194,7 @@ def probe_rates(plan: Plan, registry: str, rates: Sequence[float]) -> tuple[floa
                                                              f"train.seed={seed}"))
             failed = {n for s, n, _ in lines if s == "FAIL"}
             if failed - {"overfit"}:
-                raise UserErrors(_flat(errors))   # the wiring is wrong at any rate
+                raise UserErrors(_flat(errors, registry))   # the wiring is wrong at any rate
             overfit = next(d for s, n, d in lines if n == "overfit")
             match = _FALL.search(overfit) if "overfit" not in failed else None
             falls.append(int(match.group(1)) if match else None)
@@ -195,7 +206,7 @@ def probe_rates(plan: Plan, registry: str, rates: Sequence[float]) -> tuple[floa
     report = [f"{r!r}: " + ", ".join(f"{v}%" if v is not None else "FAIL" for v in f)
               for r, f in results.items()]
     if not passed:
-        raise UserErrors([*_flat(first_errors), UserError(
+        raise UserErrors([*_flat(first_errors, registry), UserError(
             "no learning rate passed the overfit probe for every seed",
             where=f"the recipe wired from {plan.model_spec} and {plan.dataset_spec}",
             expected=f"the loss on one batch to fall by {OVERFIT_MARGIN:.0%} in 25 steps, "
@@ -225,9 +236,6 @@ def cli(name: str, model_spec: str, dataset_spec: str, kind: str | None,
         given = [s for s in sets if s.split("=", 1)[0].strip() == "train.learning_rate"]
         rates = ((_given_rate(sets),) if given else SETTINGS[plan.kind][3])
         with staged(plan, *render(plan, rates[0], [])) as first:
-            lines, errors = run_checks(name, first, ())
-            if any(s == "FAIL" and n != "overfit" for s, n, _ in lines):
-                raise UserErrors(_flat(errors))
             rate, report = probe_rates(plan, first, rates)
         probe = [f"- train.learning_rate = {rate!r}: the overfit probe of `engine check` (the "
                  f"loss on one batch, 25 steps) fell by {_falls(report, rate)} for seeds "
@@ -235,7 +243,7 @@ def cli(name: str, model_spec: str, dataset_spec: str, kind: str | None,
         modules, text = render(plan, rate, probe)
         with staged(plan, modules, text) as final:
             lines, errors = run_checks(name, final, ())
-        raise_all(_flat(errors))
+            raise_all(_flat(errors, final))
     finally:
         rng.set_rng_state(saved)
     target = scaffold.write_rendered(name, modules, text, registry, "engine new --model")

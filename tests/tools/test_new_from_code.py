@@ -482,6 +482,8 @@ def test_a_failing_check_refuses_with_its_message(project: Path):
     assert code == 2, out + err
     assert "2 of 4 trainable parameters get no gradient" in err
     assert "text_proj.weight" in err
+    # named as the recipe would be, not as the staging copy the checks ran on
+    assert "recipes.unused.model.build_model" in err and "_engine_new" not in err
     assert tree(project) == before
 
 
