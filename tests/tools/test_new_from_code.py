@@ -499,3 +499,41 @@ def test_a_rate_that_fails_the_probe_is_refused(project: Path):
     assert "no learning rate passed the overfit probe for every seed" in err
     assert "1e-09: FAIL, FAIL, FAIL" in err
     assert tree(project) == before
+
+
+def _fields(sample):
+    from engine.tools import wire
+    return wire.sample_fields(sample, "dataset[0]")
+
+
+@pytest.mark.parametrize("sample, required, maps, inputs, target, mask", [
+    # a tuple: by position, the last element the target when there is one more than forward takes
+    (("X", "Y"), ["x"], {}, (("x", "0"),), "1", None),
+    (("A", "B", "Y"), ["a", "b"], {}, (("a", "0"), ("b", "1")), "2", None),
+    (("X",), ["x"], {}, (("x", "0"),), None, None),
+    # a dict: by name; the one parameter left takes the one field that is no target
+    ({"x": 1, "label": 2}, ["features"], {}, (("features", "x"),), "label", None),
+    ({"tokens": 1, "scores": 2, "mask": 3}, ["tokens"], {}, (("tokens", "tokens"),), "scores",
+     "mask"),
+    ({"a": 1, "b": 2, "c": 3}, ["x"], {"x": "b", "target": "c"}, (("x", "b"),), "c", None),
+])
+def test_batch_fields_reach_forward(sample, required, maps, inputs, target, mask):
+    """Fields are placed by name, by position or by --map; the target and a mask found."""
+    from engine.tools import wire
+    wiring = wire.wire(_fields(sample), required, [], maps)
+    assert (wiring.inputs, wiring.target, wiring.mask) == (inputs, target, mask)
+
+
+@pytest.mark.parametrize("sample, required, maps, words", [
+    (("A", "B", "C", "D"), ["a"], {}, "--map a=0"),
+    ({"p": 1, "q": 2, "y": 3}, ["a", "b"], {}, "--map a=p --map b=q"),
+    ({"image": 1, "y": 2}, ["image"], {"image": "imag"}, "did you mean 'image'?"),
+    ({"image": 1, "y": 2}, ["image"], {"imge": "image"}, "did you mean 'image'?"),
+])
+def test_what_cannot_be_placed_names_the_map(sample, required, maps, words):
+    """An ambiguous batch or a --map naming no field or parameter: a UserError with the fix."""
+    from engine.core.errors import UserError
+    from engine.tools import wire
+    with pytest.raises(UserError) as caught:
+        wire.wire(_fields(sample), required, [], maps)
+    assert words in caught.value.render()
