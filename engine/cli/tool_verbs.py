@@ -24,7 +24,7 @@ def add(verbs: Any) -> dict:
     p.add_argument("--map", action="append", default=[], dest="maps",
                    metavar="FORWARD_ARG=BATCH_KEY", help="which batch field feeds a parameter "
                    "of forward (or target=KEY); repeatable")
-    p.add_argument("--set", action="append", default=[], dest="new_sets", metavar="KEY=VALUE",
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
                    help="with --model: a value of train., model. or data.; repeatable")
     common(p)
     p = verbs.add_parser("diagnose", help="read a run and say why it does (not) converge")
@@ -65,13 +65,13 @@ def cmd_new(args: Any) -> int:
                             where="engine new " + args.name, expected="--model MOD:CLASS "
                             "--dataset MOD:CLASS", found=f"no {missing[0]}")
         return new_from_code.cli(args.name, args.model, args.dataset, args.kind, args.maps,
-                                 args.new_sets, registry)
+                                 args.sets, registry)
     if args.kind is None:
         raise UserError("new needs --kind, or --model and --dataset",
                         where="engine new " + args.name, expected="--kind {autoencoder,"
                         "transformer,ranking,cnn}, or --model MOD:CLASS --dataset MOD:CLASS",
                         found="neither")
-    if args.maps or args.new_sets:
+    if args.maps or args.sets:
         raise UserError("--map and --set need --model and --dataset", where="engine new "
                         + args.name, expected="--kind alone, or --model and --dataset",
                         found="--kind with --map/--set")

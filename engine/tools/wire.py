@@ -3,8 +3,9 @@
 What `new` needs to know before it can write a recipe around them: the classes themselves
 (`module:Class` specs), their constructor parameters, the structure of `dataset[0]`, and how
 the fields of a batch reach the parameters of `forward` (by name, by position, or by `--map`).
-Everything here reads; nothing is written. The loss and the model's sizes are inferred in
-`engine.tools.infer`, the files are written by `engine.tools.new_from_code`.
+Everything here reads; nothing is written. The datasets, the loss and the kind are inferred in
+`engine.tools.infer`, the model's sizes in `engine.tools.sizes`; `engine.tools.render_code` and
+`render_step` write the text, `engine.tools.new_from_code` checks and writes the recipe.
 """
 
 from __future__ import annotations
