@@ -15,10 +15,18 @@ def add(verbs: Any) -> dict:
     p = verbs.add_parser("check", help="check a recipe before training")
     config_options(p)
     common(p)
-    p = verbs.add_parser("new", help="write a new recipe from a template")
+    p = verbs.add_parser("new", help="write a new recipe from a template, or wired to your "
+                         "model and dataset classes (--model, --dataset)")
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--kind", required=True, metavar="KIND",
-                   help="autoencoder, transformer, ranking or cnn")
+    p.add_argument("--kind", metavar="KIND", help="autoencoder, transformer, ranking or cnn "
+                   "(with --model: inferred when not given; also mlp)")
+    p.add_argument("--model", metavar="MOD:CLASS", help="your nn.Module class")
+    p.add_argument("--dataset", metavar="MOD:CLASS", help="your Dataset class")
+    p.add_argument("--map", action="append", default=[], dest="maps",
+                   metavar="FORWARD_ARG=BATCH_KEY", help="which batch field feeds a parameter "
+                   "of forward (or target=KEY); repeatable")
+    p.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                   help="with --model: a value of train., model. or data.; repeatable")
     common(p)
     p = verbs.add_parser("diagnose", help="read a run and say why it does (not) converge")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -50,6 +58,26 @@ def cmd_new(args: Any) -> int:
             registry = find_registry()
         except UserError:
             registry = Path.cwd() / FILENAME
+    if args.model or args.dataset:
+        from engine.tools import new_from_code
+        missing = [flag for flag, v in (("--model", args.model), ("--dataset", args.dataset))
+                   if not v]
+        if missing:
+            raise UserError(f"new needs {missing[0]} with "
+                            f"{'--dataset' if missing[0] == '--model' else '--model'}",
+                            where="engine new " + args.name, expected="--model MOD:CLASS "
+                            "--dataset MOD:CLASS", found=f"no {missing[0]}")
+        return new_from_code.cli(args.name, args.model, args.dataset, args.kind, args.maps,
+                                 args.sets, registry)
+    if args.kind is None:
+        raise UserError("new needs --kind, or --model and --dataset",
+                        where="engine new " + args.name, expected="--kind {autoencoder,"
+                        "transformer,ranking,cnn}, or --model MOD:CLASS --dataset MOD:CLASS",
+                        found="neither")
+    if args.maps or args.sets:
+        raise UserError("--map and --set need --model and --dataset", where="engine new "
+                        + args.name, expected="--kind alone, or --model and --dataset",
+                        found="--kind with --map/--set")
     return scaffold.cli(args.name, args.kind, registry)
 
 

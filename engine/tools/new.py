@@ -118,14 +118,21 @@ def _append(registry: Path, old: bytes, addition: bytes) -> None:
 def write_recipe(name: str, kind: str, registry: Path) -> Path:
     """Write recipes/NAME/ and append [NAME] to `registry` (made if missing); all or nothing.
     Returns the new folder."""
-    from engine.io.layering import tomllib
     modules, section = render(name, kind)
+    return write_rendered(name, modules, section, registry, f"template {kind}/{SECTION}.tmpl")
+
+
+def write_rendered(name: str, modules: dict[str, str], section: str, registry: Path,
+                   source: str) -> Path:
+    """Write the rendered `modules` as recipes/NAME/ and append `section` to `registry`; all
+    or nothing (`source` names what rendered them, for a section that makes no entry)."""
+    from engine.io.layering import tomllib
     made_registry = not registry.exists()  # a first recipe makes the file
     old = b"" if made_registry else registry.read_bytes()
     new = _appended(old, section)
     # a broken template must never reach the user's registry
     if tomllib.loads(new.decode("utf-8")).get(name, {}).get("recipe") != f"recipes.{name}:recipe":
-        raise RuntimeError(f"template {kind}/{SECTION}.tmpl does not make a [{name}] entry")
+        raise RuntimeError(f"{source} does not make a [{name}] entry")
 
     parent = registry.parent / "recipes"
     target = parent / name
