@@ -30,7 +30,7 @@ from engine.core.recipe import Recipe
 from engine.core.signals import StopRequest
 from engine.core.state import LoopState, Run, history_lists
 from engine.io import writers
-from engine.io.checkpoint import best_weights_beside, restore
+from engine.io.checkpoint import best_weights_beside, check_resumable, restore
 from engine.io.checkpointer import RunDirCheckpointer
 from engine.io.files import remove_temporaries
 from engine.io.metrics import OWN_KEYS, read_metrics
@@ -97,6 +97,8 @@ def _set_up(recipe, cfg, world, device, run_dir, resume, name) -> Run:
     """Everything a mistake can break happens before the run directory exists."""
     model, loaders, optimizer, schedule = build_objects(recipe, cfg, world, device)
     first_batch_check(recipe, cfg, model, loaders, device)
+    if resume is not None:
+        check_resumable(resume, name, model, optimizer)
     train_model = distributed.wrap(model, world, device)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
