@@ -7,6 +7,7 @@ import inspect
 import math
 import random
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any
@@ -187,4 +188,31 @@ def recipe_function(exc: BaseException, recipe: Recipe) -> str:
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if module and module.replace(".", "/") in frame.filename.replace("\\", "/"):
             return f"recipe '{recipe.name}' {frame.name}"
+    engine_frame = engine_origin(exc)
+    if engine_frame is not None:
+        return f"the engine (not the recipe) in {engine_frame}"
     return f"recipe '{recipe.name}' (called from the loop)"
+
+
+_ENGINE = Path(__file__).resolve().parents[1]   # the engine package
+
+
+def _is_library(filename: str) -> bool:
+    if filename.startswith("<"):
+        return True
+    paths = sysconfig.get_paths()
+    return any(filename.startswith(paths[k]) for k in ("stdlib", "platstdlib", "purelib",
+                                                        "platlib"))
+
+
+def engine_origin(exc: BaseException) -> str | None:
+    """`engine.io.writers.write_config (writers.py:40)` when the innermost frame outside
+    libraries (the standard library, site-packages) is the engine's own code, else None."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(_ENGINE):
+            module = ".".join(("engine", *path.relative_to(_ENGINE).with_suffix("").parts))
+            return f"{module}.{frame.name} ({path.name}:{frame.lineno})"
+        if not _is_library(frame.filename):
+            return None   # user code (a callback, a model module) raised it
+    return None
