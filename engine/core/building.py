@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 import steps
-from engine.core import distributed
+from engine.core import distributed, reads
 from engine.core.errors import UserError, UserErrors, describe_value, raise_all
 from engine.core.recipe import Loaders, Recipe
 from engine.core.schedules import Schedule
@@ -52,16 +52,20 @@ def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) ->
     """(model, loaders, optimizer, schedule) as every run builds them, in this order from the
     seed: the model on `device`, the loaders checked (and sharded under torchrun)."""
     seed_everything(cfg.train.seed)
-    model = call_recipe(recipe, "build_model", cfg)
+    # the builders see a config that notes which train settings they read (engine.core.reads)
+    view, read = reads.recording(cfg)
+    model = call_recipe(recipe, "build_model", view)
     if not isinstance(model, torch.nn.Module):
         raise UserError("build_model did not return a torch.nn.Module",
                         where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
                         found=describe_value(model))
-    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", cfg), world, device,
+    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", view), world, device,
                               cfg.train.seed)
     model.to(device)
-    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
-    return model, loaders, optimizer, build_schedule(recipe, cfg, optimizer, loaders.train)
+    optimizer = call_recipe(recipe, "build_optimizer", view, model)
+    schedule = build_schedule(recipe, view, optimizer, loaders.train)
+    raise_all(reads.unread_errors(recipe, cfg, read))
+    return model, loaders, optimizer, schedule
 
 
 def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
