@@ -216,6 +216,8 @@ def engine_origin(exc: BaseException) -> str | None:
         path = Path(frame.filename).resolve()
         if path.is_relative_to(_ENGINE):
             module = ".".join(("engine", *path.relative_to(_ENGINE).with_suffix("").parts))
+            if module == "engine.core.distributed":
+                return None   # a collective broken by another rank: the loop says so
             return f"{module}.{frame.name} ({path.name}:{frame.lineno})"
         if not _is_library(frame.filename):
             return None   # user code (a callback, a model module) raised it

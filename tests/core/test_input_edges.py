@@ -155,3 +155,31 @@ def test_sharding_an_iterable_dataset_is_refused_clearly():
         distributed.shard(DataLoader(Stream(), batch_size=4), distributed.World(0, 2, 0), 0,
                           "train")
     assert "IterableDataset" in caught.value.render()
+
+
+# --- blame: the engine's own code is not the recipe -----------------------------------------
+
+def test_engine_origin_names_the_engine_function():
+    """An exception raised in a library called by the engine (tomli_w under to_toml) is the
+    engine's; one raised in user code (this file) is not."""
+    from engine.core.building import engine_origin, recipe_function
+    from engine.io.layering import to_toml
+
+    @attrs.frozen
+    class Odd:
+        tags: frozenset = frozenset({"a"})
+
+    with pytest.raises(TypeError) as caught:
+        to_toml(Odd())
+    origin = engine_origin(caught.value)
+    assert origin is not None and origin.startswith("engine.io.layering.to_toml (layering.py:")
+    import resume_recipe   # a recipe whose code is not in this traceback
+    assert recipe_function(caught.value, resume_recipe.recipe) == (
+        f"the engine (not the recipe) in {origin}")
+
+    def user_code():
+        raise ValueError("mine")
+
+    with pytest.raises(ValueError) as caught:
+        user_code()
+    assert engine_origin(caught.value) is None
