@@ -173,7 +173,7 @@ def test_engine_origin_names_the_engine_function():
         to_toml(Odd())
     origin = engine_origin(caught.value)
     assert origin is not None and origin.startswith("engine.io.layering.to_toml (layering.py:")
-    import resume_recipe   # a recipe whose code is not in this traceback
+    import resume_recipe  # a recipe whose code is not in this traceback
     assert recipe_function(caught.value, resume_recipe.recipe) == (
         f"the engine (not the recipe) in {origin}")
 
