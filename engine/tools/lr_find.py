@@ -62,6 +62,14 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     return lrs[best] / 10
 
 
+def _check_settings(min_lr: float, max_lr: float, num_steps: int, smoothing: float,
+                    diverge_factor: float) -> None:
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
+    if num_steps < 2 or not 0 <= smoothing < 1 or diverge_factor <= 1:
+        raise ValueError("need num_steps >= 2, 0 <= smoothing < 1 and diverge_factor > 1")
+
+
 def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
                   optimizer: torch.optim.Optimizer, device: torch.device | str, *,
                   min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 200,
@@ -76,10 +84,7 @@ def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
     from engine.core.recipe import StepContext
     from steps import move_to_device, split_output
 
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
-    if num_steps < 2 or not 0 <= smoothing < 1 or diverge_factor <= 1:
-        raise ValueError("need num_steps >= 2, 0 <= smoothing < 1 and diverge_factor > 1")
+    _check_settings(min_lr, max_lr, num_steps, smoothing, diverge_factor)
     device = torch.device(device)
     base = optimizer.param_groups[0]["lr"] or 1.0
     ratios = [(g["lr"] or base) / base for g in optimizer.param_groups]
