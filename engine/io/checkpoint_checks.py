@@ -30,6 +30,10 @@ _LOOP_KEYS = {
     "bad_validations": ("an int >= 0", lambda v: _count(v)),
 }
 TOTALS_KEYS = tuple(f.name for f in attrs.fields(EpochTotals))
+# torch's per-parameter optimizer state that has the parameter's shape (Adafactor's factored
+# row and column statistics, say, do not: they are not checked)
+PARAM_SHAPED = frozenset(("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer",
+                          "square_avg", "acc_delta", "grad_avg", "sum", "exp_inf", "ax"))
 HINT = "resume from a checkpoint this engine wrote for this recipe, with the config it ran with"
 
 
@@ -137,7 +141,7 @@ def check_fits(data: dict, path: str | Path, model: torch.nn.Module,
         param = params[position[key]] if key in position else None
         for name, value in (entry.items() if isinstance(entry, dict) and param is not None
                             else ()):
-            if isinstance(value, torch.Tensor) and value.dim() > 0 \
+            if name in PARAM_SHAPED and isinstance(value, torch.Tensor) \
                     and tuple(value.shape) != tuple(param.shape):
                 raise _error(path, "the optimizer state does not fit the parameters",
                              f"'{name}' of shape {tuple(param.shape)} for parameter "
