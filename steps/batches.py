@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,11 +12,13 @@ import torch
 
 def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> Any:
     """`batch` with every tensor inside dicts, lists, tuples and attrs/dataclass records on
-    `device` (a copy of the containers; tensors already there are returned as they are)."""
+    `device` (a copy of the containers; tensors already there are returned as they are). A
+    Mapping that cannot be rebuilt from a dict comes back as a plain dict."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
-        return type(batch)({k: move_to_device(v, device, non_blocking) for k, v in batch.items()})
+        return _rebuild_mapping(
+            batch, {k: move_to_device(v, device, non_blocking) for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # NamedTuple
         return type(batch)(*(move_to_device(v, device, non_blocking) for v in batch))
     if isinstance(batch, (list, tuple)):
@@ -30,6 +33,22 @@ def move_to_device(batch: Any, device: torch.device, non_blocking: bool = False)
             f.name: move_to_device(getattr(batch, f.name), device, non_blocking)
             for f in dataclasses.fields(batch) if f.init})
     return batch
+
+
+def _rebuild_mapping(batch: Mapping, moved: dict) -> Mapping:
+    """`moved` as the batch's own mapping type where it can be rebuilt from a dict (dict,
+    OrderedDict, a defaultdict with its factory, most dict subclasses), else as a plain dict:
+    forward_batch reads it by key either way."""
+    kind = type(batch)
+    if kind is dict:
+        return moved
+    if isinstance(batch, defaultdict):
+        return kind(batch.default_factory, moved)
+    try:
+        rebuilt = kind(moved)
+    except Exception:   # a constructor that takes no dict: a custom Mapping
+        return moved
+    return rebuilt if isinstance(rebuilt, Mapping) and len(rebuilt) == len(moved) else moved
 
 
 def iter_tensors(batch: Any, path: str = "batch"):

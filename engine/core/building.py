@@ -7,6 +7,7 @@ import inspect
 import math
 import random
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 import steps
-from engine.core import distributed
+from engine.core import distributed, reads
 from engine.core.errors import UserError, UserErrors, describe_value, raise_all
 from engine.core.recipe import Loaders, Recipe
 from engine.core.schedules import Schedule
@@ -54,16 +55,20 @@ def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) ->
     """(model, loaders, optimizer, schedule) as every run builds them, in this order from the
     seed: the model on `device`, the loaders checked (and sharded under torchrun)."""
     seed_everything(cfg.train.seed)
-    model = call_recipe(recipe, "build_model", cfg)
+    # the builders see a config that notes which train settings they read (engine.core.reads)
+    view, read = reads.recording(cfg)
+    model = call_recipe(recipe, "build_model", view)
     if not isinstance(model, torch.nn.Module):
         raise UserError("build_model did not return a torch.nn.Module",
                         where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
                         found=describe_value(model))
-    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", cfg), world, device,
+    loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", view), world, device,
                               cfg.train.seed)
     model.to(device)
-    optimizer = call_recipe(recipe, "build_optimizer", cfg, model)
-    return model, loaders, optimizer, build_schedule(recipe, cfg, optimizer, loaders.train)
+    optimizer = call_recipe(recipe, "build_optimizer", view, model)
+    schedule = build_schedule(recipe, view, optimizer, loaders.train)
+    raise_all(reads.unread_errors(recipe, cfg, read))
+    return model, loaders, optimizer, schedule
 
 
 def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
@@ -191,6 +196,9 @@ def recipe_function(exc: BaseException, recipe: Recipe) -> str:
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
         if module and module.replace(".", "/") in frame.filename.replace("\\", "/"):
             return f"recipe '{recipe.name}' {frame.name}"
+    engine_frame = engine_origin(exc)
+    if engine_frame is not None:
+        return f"the engine (not the recipe) in {engine_frame}"
     return f"recipe '{recipe.name}' (called from the loop)"
 
 
@@ -204,3 +212,29 @@ def blame(exc: BaseException, recipe: Recipe, world: Any) -> str:
         return (f"rank {world.rank}: a collective failed, most likely because another rank "
                 f"stopped (its error is in torchrun's output): {type(exc).__name__}: {first}")
     return f"{where} raised {type(exc).__name__}: {exc}"
+
+
+_ENGINE = Path(__file__).resolve().parents[1]   # the engine package
+
+
+def _is_library(filename: str) -> bool:
+    if filename.startswith("<"):
+        return True
+    paths = sysconfig.get_paths()
+    return any(filename.startswith(paths[k]) for k in ("stdlib", "platstdlib", "purelib",
+                                                        "platlib"))
+
+
+def engine_origin(exc: BaseException) -> str | None:
+    """`engine.io.writers.write_config (writers.py:40)` when the innermost frame outside
+    libraries (the standard library, site-packages) is the engine's own code, else None."""
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if path.is_relative_to(_ENGINE):
+            module = ".".join(("engine", *path.relative_to(_ENGINE).with_suffix("").parts))
+            if module == "engine.core.distributed":
+                return None   # a collective broken by another rank: the loop says so
+            return f"{module}.{frame.name} ({path.name}:{frame.lineno})"
+        if not _is_library(frame.filename):
+            return None   # user code (a callback, a model module) raised it
+    return None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 from typing import Any
 
 import attrs
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler
 
 from engine.core.errors import UserError
 
@@ -52,12 +53,27 @@ def init(world: World, device: torch.device) -> World:
     if not world.active or dist.is_initialized():
         return world
     backend = "nccl" if device.type == "cuda" else "gloo"
+    timeout = collective_timeout()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     # a rank that dies leaves the others in a collective: time out rather than hang for ever
-    timeout = datetime.timedelta(seconds=int(os.environ.get("ENGINE_DIST_TIMEOUT", "300")))
     dist.init_process_group(backend, timeout=timeout)
     return attrs.evolve(world, owns_group=True)
+
+
+def collective_timeout() -> datetime.timedelta:
+    """`ENGINE_DIST_TIMEOUT` (seconds, default 300): how long a collective waits for a rank."""
+    text = os.environ.get("ENGINE_DIST_TIMEOUT", "300")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError("ENGINE_DIST_TIMEOUT is not a number of seconds",
+                        where=f"the environment variable ENGINE_DIST_TIMEOUT={text}",
+                        expected="a number of seconds > 0 (default 300)", found=repr(text),
+                        hint="e.g. ENGINE_DIST_TIMEOUT=600, or unset it")
+    return datetime.timedelta(seconds=seconds)
 
 
 def teardown(world: World) -> None:
@@ -78,23 +94,31 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
 
 def rebuild_loader(loader: Any, *, sampler: Any = None, pin_memory: bool | None = None,
                    which: str = "train") -> Any:
-    """The same dataset, batch size and collate function with another sampler / pinning."""
+    """The same dataset, batching and collate function with another sampler (sharding) and/or
+    pinning. Pinning alone keeps how the loader draws its batches: its sampler, its
+    batch_sampler, or none for an IterableDataset."""
     if not isinstance(loader, DataLoader):
         return loader
-    if loader.batch_size is None:
-        raise UserError(f"the {which} loader cannot be sharded across ranks",
-                        where="build_loaders", expected="a DataLoader built with batch_size=",
-                        found="a DataLoader with a custom batch_sampler")
-    kwargs = dict(batch_size=loader.batch_size, collate_fn=loader.collate_fn,
-                  num_workers=loader.num_workers, drop_last=loader.drop_last,
+    iterable = isinstance(loader.dataset, IterableDataset)
+    kwargs = dict(collate_fn=loader.collate_fn, num_workers=loader.num_workers,
                   pin_memory=loader.pin_memory if pin_memory is None else pin_memory,
                   worker_init_fn=loader.worker_init_fn, timeout=loader.timeout,
-                  persistent_workers=loader.persistent_workers, generator=loader.generator)
+                  multiprocessing_context=loader.multiprocessing_context,
+                  persistent_workers=loader.persistent_workers, generator=loader.generator,
+                  in_order=getattr(loader, "in_order", True))
     if loader.num_workers > 0:
         kwargs["prefetch_factor"] = loader.prefetch_factor
-    if sampler is None:
-        sampler = loader.sampler
-    return DataLoader(loader.dataset, sampler=sampler, **kwargs)
+    if sampler is None and (iterable or loader.batch_size is None):
+        if loader.batch_sampler is not None and not iterable:
+            # a custom batch_sampler decides the batches: keep it (batch_size, drop_last and
+            # sampler must then be left unset)
+            return DataLoader(loader.dataset, batch_sampler=loader.batch_sampler, **kwargs)
+        # an IterableDataset (no sampler at all) or batch_size=None (no automatic batching)
+        return DataLoader(loader.dataset, batch_size=loader.batch_size,
+                          drop_last=loader.drop_last,
+                          sampler=None if iterable else loader.sampler, **kwargs)
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, drop_last=loader.drop_last,
+                      sampler=loader.sampler if sampler is None else sampler, **kwargs)
 
 
 def shard(loader: Any, world: World, seed: int, which: str) -> Any:
@@ -107,6 +131,16 @@ def shard(loader: Any, world: World, seed: int, which: str) -> Any:
     """
     if not world.active or not isinstance(loader, DataLoader):
         return loader
+    iterable = isinstance(loader.dataset, IterableDataset)
+    if iterable or loader.batch_size is None:
+        # the engine can only shard what a sampler draws from: indices of a map-style dataset
+        raise UserError(f"the {which} loader cannot be sharded across ranks",
+                        where="build_loaders", expected="a DataLoader over a map-style dataset "
+                        "built with batch_size= (the engine gives it a DistributedSampler)",
+                        found="a DataLoader over an IterableDataset" if iterable else
+                        "a DataLoader with a custom batch_sampler (or batch_size=None)",
+                        hint="shard the data by rank inside the dataset or the batch sampler "
+                        "and build the loaders for one process, or use a map-style dataset")
     if which == "val":
         n = len(loader.dataset)
         if n < world.world_size:

@@ -209,6 +209,32 @@ def draw_first_batch(recipe: Any, batches: Any, which: str = "training") -> Any:
                         found=first_line(exc)) from exc
 
 
+def move_first_batch(recipe: Any, batch: Any, device: torch.device) -> Any:
+    """The first batch checked for NaN and inf (a warning) and on `device` as the loop moves
+    every batch; a batch the engine cannot walk or copy is the loader's, named by structure."""
+    try:
+        bad = nonfinite_inputs(batch)
+        if bad:
+            _log.warning("warning: the first training batch holds non-finite inputs (%s); "
+                         "forward_batch must handle them or the loss will be NaN", "; ".join(bad))
+        return steps.move_to_device(batch, device) if recipe.move_batch else batch
+    except Exception as exc:
+        raise UserError(f"the first training batch cannot be moved to {device}: "
+                        f"{type(exc).__name__}", where=where_in_recipe(recipe, "build_loaders"),
+                        expected="tensors inside dicts, lists, tuples or attrs/dataclass "
+                        "records", found=f"{_safe_describe(batch)} ({first_line(exc)})",
+                        hint="return plain containers from collate_fn, or set "
+                        "move_batch=False in the Recipe and move the batch in forward_batch"
+                        ) from exc
+
+
+def _safe_describe(batch: Any) -> str:
+    try:
+        return describe(batch)
+    except Exception:   # the structure that failed to move may fail to describe too
+        return type(batch).__name__
+
+
 def first_batch_check(recipe: Any, cfg: Any, model: torch.nn.Module, loaders: Any,
                       device: torch.device) -> None:
     """`check_batch` on the training loader's first batch (for `engine check`, which trains
@@ -227,12 +253,7 @@ def check_batch(recipe: Any, cfg: Any, model: torch.nn.Module, batch: Any,
     not move). NaN or inf in the batch is a warning (logged): a recipe may impute them."""
     was_training = model.training
     try:
-        bad = nonfinite_inputs(batch)
-        if bad:
-            _log.warning("warning: the first training batch holds non-finite inputs (%s); "
-                         "forward_batch must handle them or the loss will be NaN", "; ".join(bad))
-        if recipe.move_batch:
-            batch = steps.move_to_device(batch, device)
+        batch = move_first_batch(recipe, batch, device)
         model.eval()
         ctx = StepContext(device, True, 0, 0)
         with watch_modules(model) as stack:

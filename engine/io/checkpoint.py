@@ -7,6 +7,7 @@ weights_only=True)` reads it with no allow-list and nothing in it can run code.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -17,11 +18,12 @@ import attrs
 import torch
 
 from engine.core.errors import UserError
-from engine.core.nonfinite import load_objects
 from engine.core.state import EpochTotals, LoopState, Run, loop_state_from_dict
+from engine.io.checkpoint_checks import check_entries, check_fits
 from engine.io.files import atomic_write_bytes
 
 FORMAT = 1
+_log = logging.getLogger("engine")
 
 
 _EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
@@ -93,9 +95,13 @@ def check_matches(checkpoint: dict, path: str | Path, recipe_name: str,
 
 def state_dict_mismatch(saved: dict, current: dict) -> tuple[str, str] | None:
     """(expected, found) for the first difference between two state_dicts, or None."""
+    if not isinstance(saved, dict):
+        return "the model's state_dict", type(saved).__name__
     for key, tensor in current.items():
         if key not in saved:
             return f"parameter '{key}' {tuple(tensor.shape)}", "no such parameter in the file"
+        if not isinstance(saved[key], torch.Tensor):
+            return f"parameter '{key}' as a tensor", type(saved[key]).__name__
         if tuple(saved[key].shape) != tuple(tensor.shape):
             return (f"parameter '{key}' of shape {tuple(tensor.shape)}",
                     f"shape {tuple(saved[key].shape)}")
@@ -105,17 +111,56 @@ def state_dict_mismatch(saved: dict, current: dict) -> tuple[str, str] | None:
     return None
 
 
+def check_resumable(path: str | Path, name: str, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer) -> None:
+    """Everything `restore` checks, before the run directory exists (a UserError)."""
+    data = load(path)
+    check_matches(data, path, name, model)
+    check_entries(data, path)
+    check_fits(data, path, model, optimizer)
+
+
 def restore(run: Run, path: str | Path) -> tuple[LoopState, Any]:
     """Load a checkpoint into the run's objects: the loop state to continue from and the RNG
-    state to restore once the loop starts."""
+    state to restore once the loop starts. Everything is checked before anything is loaded;
+    what the resume can do without (scheduler, scaler, epoch_rng) is skipped with a warning."""
     data = load(path)
     check_matches(data, path, run.name, run.model)
-    load_objects(run, data)
+    check_entries(data, path)
+    check_fits(data, path, run.model, run.optimizer)
+    run.model.load_state_dict(data["model"])
+    run.optimizer.load_state_dict(data["optimizer"])
+    _restore_optional(run, data, path)
     state = loop_state_from_dict(data["loop"], run)
     totals = data["loop"].get("totals")
+    epoch_rng = data.get("epoch_rng")
+    if state.batch > 0 and not isinstance(epoch_rng, dict):
+        _log.warning("warning: %s holds no RNG state for the start of epoch %d: the resumed "
+                     "epoch skips its first %d batches in another data order", path,
+                     state.epoch + 1, state.batch)
+        epoch_rng = data["rng"]
     state = attrs.evolve(state, totals=EpochTotals(**totals) if totals else EpochTotals(),
-                         epoch_rng=data.get("epoch_rng"))
+                         epoch_rng=epoch_rng)
     return state, data["rng"]
+
+
+def _restore_optional(run: Run, data: dict, path: str | Path) -> None:
+    """The scheduler's and scaler's states, where the checkpoint has ones that fit."""
+    for what, target in (("scheduler", run.schedule.scheduler if run.schedule else None),
+                         ("scaler", run.scaler)):
+        saved = data.get(what)
+        if target is None:
+            if saved is not None:
+                _log.warning("warning: %s holds %s state, but this run has no %s: ignored",
+                             path, what, what)
+            continue
+        kind = type(target).__name__
+        if not isinstance(saved, dict) or set(saved) != set(target.state_dict()):
+            _log.warning("warning: %s holds no %s state that fits this run's %s (%s): it "
+                         "starts afresh", path, what, kind,
+                         "none" if saved is None else "other keys")
+            continue
+        target.load_state_dict(saved)
 
 
 def best_weights_beside(path: str | Path, state: LoopState) -> dict | None:

@@ -1,8 +1,10 @@
 """Atomic file writes: a kill at any moment leaves the old file or the new one, never a torn one.
 
-Each write goes to `NAME.tmp` in the same folder (named so that a glob for `*.pt` or `*.json`
-never picks it up), is flushed and fsynced, then renamed over `NAME`; the folder is fsynced so
-the rename itself survives a power cut.
+Each write goes to `NAME.<pid>.<random>.tmp` in the same folder (ending in `.tmp`, so that a
+glob for `*.pt` or `*.json` never picks it up; unique, so that two processes writing one file,
+every rank of a torchrun job filling one cache, say, never share a temporary file), is flushed
+and fsynced, then renamed over `NAME`; the folder is fsynced so the rename itself survives a
+power cut. The last rename wins; each reader sees one whole file.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +30,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def temporary_name(path: Path) -> Path:
+    """`NAME.<pid>.<random>.tmp` beside `path`: no other writer, in this process or another,
+    picks the same one."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, rename it into place: a
     kill leaves the old file or the new one, never a torn one."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a failed write (a full disk, a signal) leaves no temporary behind
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -60,7 +74,7 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 
 def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the `NAME.tmp` files that a killed write left in a run directory (and its
+    """Delete the `NAME....tmp` files that a killed write left in a run directory (and its
     `checkpoints/`); a resumed run calls it, so no half-written file outlives the kill."""
     folder = Path(folder)
     removed = []

@@ -31,7 +31,7 @@ from engine.core.signals import StopRequest
 from engine.core.state import LoopState, Run, history_lists
 from engine.core.wiring import NoCheckpoints, Wiring
 from engine.io import writers
-from engine.io.checkpoint import best_weights_beside, restore
+from engine.io.checkpoint import best_weights_beside, check_resumable, restore
 from engine.io.checkpointer import RunDirCheckpointer
 from engine.io.files import remove_temporaries
 from engine.io.metrics import OWN_KEYS, read_metrics
@@ -99,6 +99,8 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
 def _set_up(recipe, cfg, world, device, run_dir, resume, name) -> Run:
     """Build the run's objects; the run directory waits for the first batch's check."""
     model, loaders, optimizer, schedule = build_objects(recipe, cfg, world, device)
+    if resume is not None:
+        check_resumable(resume, name, model, optimizer)
     train_model = distributed.wrap(model, world, device)
     if cfg.train.compile:
         train_model = torch.compile(train_model)

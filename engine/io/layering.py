@@ -21,6 +21,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from engine.core.config import range_errors, to_dict, toml_value
 from engine.core.errors import UserError, close_match, describe_value, raise_all
+from engine.io.config_types import check_writable_as_toml, resolve_config_types
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,7 +172,7 @@ def _structure_errors(exc: BaseException, path: tuple) -> list[tuple[tuple, Base
 
 def build_config(config_cls: type, layers: Sequence[Layer]) -> Any:
     """Structure `config_cls` from `layers` (lowest first), or raise every mistake at once."""
-    attrs.resolve_types(config_cls)
+    resolve_config_types(config_cls)
     merged, origin = _merge(layers)
 
     def where(path: tuple) -> str:
@@ -192,6 +193,7 @@ def build_config(config_cls: type, layers: Sequence[Layer]) -> Any:
                             found=str(exc)) from exc
     raise_all(errors)
     raise_all(range_errors(cfg, where))
+    check_writable_as_toml(cfg, where)
     return cfg
 
 

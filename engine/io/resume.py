@@ -14,6 +14,7 @@ import attrs
 
 from engine.core.errors import UserError
 from engine.io import checkpoint as ckpt
+from engine.io.checkpoint_checks import check_entries
 from engine.io.layering import read_toml
 
 
@@ -64,12 +65,18 @@ def plan(path: str | Path, name: str) -> ResumePlan:
     if data.get("recipe") != name:
         raise UserError("the checkpoint is from another recipe", where=f"--resume {path}",
                         expected=f"a run of '{name}'", found=f"a run of '{data.get('recipe')}'")
+    check_entries(data, checkpoint)   # before anything is built: the file alone
     if run_dir is not None:
         base, source = read_toml(run_dir / "config.toml", "run config"), str(
             run_dir / "config.toml")
     else:
         base, source = data.get("config") or {}, f"{checkpoint} (stored config)"
-    loop = data.get("loop") or {}
+        if not isinstance(base, dict):
+            raise UserError("the checkpoint cannot be resumed: its stored config is not a "
+                            "table", where=str(checkpoint), expected="a 'config' entry: a dict "
+                            "of the config's tables", found=type(base).__name__,
+                            hint="resume the run directory it belongs to instead")
+    loop = data["loop"]
     return ResumePlan(checkpoint=checkpoint, run_dir=run_dir, base_config=base,
                       base_source=source, epochs_done=int(loop.get("epoch", 0)),
                       mid_epoch=int(loop.get("batch", 0)) > 0,

@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 import torch
 
-from engine.core.errors import UserError
+from engine.core.errors import UserError, UserErrors
 from engine.io.files import atomic_write_bytes
 
 
@@ -62,6 +62,14 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> float | None:
     return lrs[best] / 10
 
 
+def _check_settings(min_lr: float, max_lr: float, num_steps: int, smoothing: float,
+                    diverge_factor: float) -> None:
+    if not 0 < min_lr < max_lr:
+        raise ValueError(f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
+    if num_steps < 2 or not 0 <= smoothing < 1 or diverge_factor <= 1:
+        raise ValueError("need num_steps >= 2, 0 <= smoothing < 1 and diverge_factor > 1")
+
+
 def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
                   optimizer: torch.optim.Optimizer, device: torch.device | str, *,
                   min_lr: float = 1e-7, max_lr: float = 10.0, num_steps: int = 200,
@@ -76,10 +84,7 @@ def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
     from engine.core.recipe import StepContext
     from steps import move_to_device, split_output
 
-    if not 0 < min_lr < max_lr:
-        raise ValueError(f"need 0 < min_lr < max_lr, got {min_lr}, {max_lr}")
-    if num_steps < 2 or not 0 <= smoothing < 1 or diverge_factor <= 1:
-        raise ValueError("need num_steps >= 2, 0 <= smoothing < 1 and diverge_factor > 1")
+    _check_settings(min_lr, max_lr, num_steps, smoothing, diverge_factor)
     device = torch.device(device)
     base = optimizer.param_groups[0]["lr"] or 1.0
     ratios = [(g["lr"] or base) / base for g in optimizer.param_groups]
@@ -183,18 +188,37 @@ def cli(name: str, *, recipes: str | None = None, config_file: str | None = None
         sets: Sequence[str] = (), output_dir: str | None = None) -> int:
     """`engine lr-find NAME`: run the range test on a fresh model of the recipe and write
     `lr_find.json` and `lr_find.png` into `{output_dir}/lr_find/{name}/{run_id}/`; 0."""
+    from engine.core.building import (
+        build_objects,
+        check_inputs,
+        first_line,
+        user_frame,
+        where_in_recipe,
+    )
     from engine.core.devices import resolve_device
+    from engine.core.distributed import World
+    from engine.core.preflight import first_batch_check
     from engine.io.files import atomic_write_json
     from engine.io.registry import resolve
 
     _, recipe, cfg = resolve(name, recipes=recipes, config_file=config_file, sets=sets)
+    # built and checked as `run` and `check` build them: seeded, the recipe's mistakes named
+    check_inputs(recipe, cfg)
     device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
-    model = recipe.build_model(cfg).to(device)
-    loaders = recipe.build_loaders(cfg)
-    optimizer = recipe.build_optimizer(cfg, model)
-    result = lr_range_test(model, loaders.train, recipe.forward_batch, optimizer, device,
-                           move_batch=recipe.move_batch, progress=True)
+    model, loaders, optimizer, _ = build_objects(recipe, cfg, World(), device)
+    first_batch_check(recipe, cfg, model, loaders, device)
+    try:
+        result = lr_range_test(model, loaders.train, recipe.forward_batch, optimizer, device,
+                               move_batch=recipe.move_batch, progress=True)
+    except (UserError, UserErrors):
+        raise
+    except Exception as exc:   # recipe code (forward_batch, the loader) past the first batch
+        frame = user_frame(exc)
+        raise UserError(f"the range test failed: {type(exc).__name__}",
+                        where=where_in_recipe(recipe, "forward_batch") + (
+                            f" at {frame}" if frame else ""),
+                        expected="forward_batch to return a loss on every training batch",
+                        found=first_line(exc)) from exc
     if result.suggested_lr is None:
         raise UserError("the learning-rate range test could not suggest a rate",
                         where=f"recipe '{name}'", expected="a finite training loss for at least "

@@ -176,6 +176,8 @@ def test_cli_writes_a_new_folder_and_prints_the_flag(tmp_path, capsys):
     folders = sorted((out / "lr_find" / "linreg").iterdir())
     assert len(folders) == 2  # every call gets its own folder
     data = json.loads((folders[0] / "lr_find.json").read_text())
+    # seeded as `run` seeds: the same curve both times
+    assert json.loads((folders[1] / "lr_find.json").read_text()) == data
     assert set(data) == {"lrs", "losses", "suggested_lr"}
     assert len(data["lrs"]) == len(data["losses"]) > 10
     assert 0.125 / 10 <= data["suggested_lr"] <= 0.125 * 10
@@ -188,29 +190,50 @@ def test_cli_writes_a_new_folder_and_prints_the_flag(tmp_path, capsys):
     assert str(folders[0]) in stdout or str(folders[1]) in stdout
 
 
-def test_cli_propagates_recipe_errors(tmp_path):
-    """An exception raised by recipe code reaches the caller (the CLI renders it), and no
-    output folder is left behind."""
-    registry = make_project(tmp_path, "lrf_recipe_b")
-    module = tmp_path / "lrf_recipe_b.py"
-    module.write_text(module.read_text().replace(
-        "    x, y = batch\n    return", "    raise KeyError('label')\n    return"))
-    with pytest.raises(KeyError, match="label"):
-        cli("linreg", recipes=str(registry), output_dir=str(tmp_path / "o"))
+BROKEN = [
+    ("forward", "    x, y = batch\n    return", "    raise KeyError('label')\n    return",
+     ["forward_batch fails on the first training batch: KeyError", "lrf_broken_forward.py",
+      "'label'"]),
+    ("builder", "    return torch.nn.Linear(4, 1, bias=False)",
+     "    raise ValueError('no width')",
+     ["build_model raised ValueError", "build_model", "no width"]),
+    ("loader", "    ds = torch.utils.data.TensorDataset(x, y)",
+     "    ds = torch.utils.data.TensorDataset(x, y[:3])",
+     ["build_loaders raised AssertionError", "Size mismatch"]),
+    ("collate", "shuffle=True, generator=g)",
+     "shuffle=True, generator=g, collate_fn=lambda b: b[99])",
+     ["the training loader fails on its first batch", "build_loaders"]),
+]
+
+
+@pytest.mark.parametrize("case, old, new, fragments", BROKEN, ids=[c[0] for c in BROKEN])
+def test_cli_names_recipe_errors(tmp_path, capsys, case, old, new, fragments):
+    """A mistake in a recipe builder or in forward_batch is exit 2 with one error block that
+    names the recipe function (built as `run` builds it), no traceback, and no output folder."""
+    from engine.cli import main
+    registry = make_project(tmp_path, f"lrf_broken_{case}")
+    module = tmp_path / f"lrf_broken_{case}.py"
+    assert old in module.read_text()
+    module.write_text(module.read_text().replace(old, new))
+    code = main(["lr-find", "linreg", "--recipes", str(registry), "--output-dir",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("error:") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
 def test_python_m_engine_lr_find(tmp_path):
-    """`python -m engine lr-find NAME` (once the CLI wires it) exits 0 and prints the flag."""
+    """`python -m engine lr-find NAME` exits 0 and prints the flag."""
     registry = make_project(tmp_path, "lrf_recipe_c")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path),
            "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-m", "engine", "lr-find", "linreg", "--recipes",
                            str(registry), "--output-dir", str(tmp_path / "o")], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=120)
-    if "invalid choice" in proc.stderr or "No module named engine.__main__" in proc.stderr:
-        pytest.skip("the CLI does not wire lr-find yet")
     assert proc.returncode == 0, proc.stderr
     assert "--set train.learning_rate=" in proc.stdout
     assert list((tmp_path / "o" / "lr_find" / "linreg").glob("*/lr_find.json"))
