@@ -11,6 +11,8 @@ from pathlib import Path
 import attrs
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from engine import Event, Loaders, Recipe, Schedule, TrainConfig, fit, listens_to
@@ -93,3 +95,18 @@ def test_an_unloadable_checkpoint_fails_the_run_at_the_first_write(tmp_path: Pat
     assert "weights_only=True" in result.error["message"]
     assert "could never be resumed" in result.error["message"]
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(junk=st.binary(min_size=0, max_size=512))
+def test_any_bytes_are_a_checkpoint_or_a_user_error(tmp_path_factory, junk):
+    """Whatever bytes a file holds, loading it as a checkpoint gives a UserError naming it,
+    never another exception (random bytes once reached the unpickler's KeyError)."""
+    from engine import UserError
+    from engine.io.checkpoint import load
+
+    path = tmp_path_factory.mktemp("junk") / "last.pt"
+    path.write_bytes(junk)
+    with pytest.raises(UserError) as info:
+        load(path)
+    assert str(path) in info.value.render()
