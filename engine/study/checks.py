@@ -119,8 +119,11 @@ def _value_errors(name: str, args: Any, sets: list, found: dict) -> list[UserErr
                 for leaf in _leaves(exc):
                     if leaf.where == f"--set {extra}":
                         leaf.where = flag
-                    if leaf.render() not in seen:
-                        seen.add(leaf.render())
+                    # an unknown key is one mistake, whatever the number of values
+                    same = ((leaf.what, leaf.where) if leaf.what.startswith("unknown config")
+                            else leaf.render())
+                    if same not in seen:
+                        seen.add(same)
                         errors.append(leaf)
     return errors
 
@@ -160,6 +163,19 @@ def history_columns(recipe: Any, cfg: Any) -> tuple[str, ...]:
         rng.set_rng_state(saved)
     metrics = getattr(out, "metrics", None) or {}
     return (*COLUMNS, *(f"val_{k}" for k in metrics))
+
+
+def _objective_errors(recipe: Any, cfg: Any, metric: str, direction: str) -> list[UserError]:
+    """The objective against the history columns (from the base config, which resolved)."""
+    try:
+        columns = history_columns(recipe, cfg)
+    except (UserError, UserErrors) as exc:
+        return _leaves(exc)
+    if metric in columns:
+        return []
+    return [UserError("the objective is not a history column", where=f"--objective "
+                      f"{metric}:{direction}", expected="one of " + ", ".join(columns),
+                      found=metric, hint=close_match(metric, columns))]
 
 
 def storage_errors(storage: str | None, workers: int) -> list[UserError]:
@@ -202,13 +218,10 @@ def specify(args: Any, sets: list) -> tuple[StudySpec, Any, Any, Any]:
         raise_all(errors + _leaves(exc))
         raise
     errors += _value_errors(args.name, args, sets, found)
+    if found["objective"] is not None:
+        errors += _objective_errors(recipe, cfg, *found["objective"])
     raise_all(errors)
     metric, direction = found["objective"]
-    columns = history_columns(recipe, cfg)
-    if metric not in columns:
-        raise UserError("the objective is not a history column", where=f"--objective "
-                        f"{args.objective}", expected="one of " + ", ".join(columns),
-                        found=metric, hint=close_match(metric, columns))
     from engine.core.config import to_dict
     rep_key, rep_values = (found["replicate"] if found["replicate"] else
                            (specs.NO_REPLICATE, list(range(args.seeds)) if args.seeds
