@@ -61,9 +61,9 @@ def forward_batch(model: Tiny, batch, ctx) -> StepOutput:
     return StepOutput(mse, {"mae": (pred - y).abs().mean().detach()})
 
 
-@listens_to(Event.FIT_END)
+@listens_to(Event.VALIDATION_END)   # written with the next metrics.json write
 def test_figures(event, state) -> None:
-    """A held-out figure, nested one level, as ranking_v2 writes its `test` entry."""
+    """A held-out figure, nested one level (a recipe's `test` entry)."""
     add_metrics_entry(state.run, "test", {"model": {"seed_plus_half": 0.5 + state.run.cfg.train
                                                     .seed}, "rows": 16})
 
