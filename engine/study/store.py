@@ -36,8 +36,10 @@ def open_storage(url: str, study_dir: Path | None) -> Any:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
         return JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
+    for plain in ("postgres://", "postgresql://"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the engine ships psycopg2
+        if url.startswith(plain):
+            url = "postgresql+psycopg2://" + url[len(plain):]
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
