@@ -133,7 +133,7 @@ def _supervise(study_dir: Path, spec: StudySpec, procs: list, bar: Any) -> str:
     forwarded = False
     try:
         while any(p.poll() is None for p in procs):
-            if flag.count and not forwarded:
+            if flag.stopped() and not forwarded:
                 for p in procs:
                     if p.poll() is None:
                         p.send_signal(signal.SIGTERM)

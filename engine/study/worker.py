@@ -12,6 +12,7 @@ the recipe and Optuna load once per worker, not once per run.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -59,15 +60,24 @@ def load(study_dir: Path) -> tuple[StudySpec, str]:
 
 
 class SignalFlag:
-    """Between runs, SIGINT / SIGTERM only ask the worker to stop (fit handles them during a
-    run, and restores this handler after)."""
+    """Whether SIGINT or SIGTERM arrived. Between runs this handler only counts; during a run
+    fit's own handler stops the run (and restores this one after). A signal that lands while
+    fit's handler is in place but the run is already ending would be lost to the worker: the
+    wakeup fd (written for every signal, whichever Python handler runs) catches it too."""
 
     def __init__(self) -> None:
         self.count = 0
         self._previous: dict = {}
+        self._pipe: tuple[int, int] | None = None
+        self._old_fd = -1
 
     def install(self) -> SignalFlag:
         if threading.current_thread() is threading.main_thread():
+            read, write = os.pipe()
+            os.set_blocking(read, False)
+            os.set_blocking(write, False)
+            self._pipe = (read, write)
+            self._old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -75,9 +85,24 @@ class SignalFlag:
     def _handle(self, signum: int, frame: Any) -> None:
         self.count += 1
 
+    def stopped(self) -> bool:
+        if self._pipe is not None:
+            try:
+                data = os.read(self._pipe[0], 512)
+            except BlockingIOError:
+                data = b""
+            self.count += sum(b in (signal.SIGINT, signal.SIGTERM) for b in data)
+        return self.count > 0
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._old_fd)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def objective_value(history: dict, best_epoch: int | None, metric: str) -> float | None:
@@ -189,7 +214,7 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
     heartbeat, flag = claims.Heartbeat(), SignalFlag().install()
     interrupted = False
     try:
-        while not flag.count:
+        while not flag.stopped():
             claimed = _claim(ctx)
             if claimed is None:
                 break
@@ -204,6 +229,9 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
             if pruning is not None:
                 pruning.end(outcome)
             if outcome.status == "interrupted":
+                print(f"configuration {record['configuration']} replicate "
+                      f"{record['replicate']}: interrupted, resumable (runs/{record['run_id']})",
+                      flush=True)
                 with claims.study_lock(study_dir):
                     claims.release(study_dir, record)
                 interrupted = True
@@ -212,10 +240,11 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
             if on_done is not None:
                 on_done(record, outcome)
     finally:
+        interrupted = flag.stopped() or interrupted
         flag.restore()
         heartbeat.stop()
     with claims.study_lock(study_dir):
         data = write_results(study_dir, spec, study_id, picture=True)
-    if interrupted or flag.count:
+    if interrupted:
         return "interrupted"
     return "failed" if data["runs_by_status"].get("failed") else "done"
