@@ -118,7 +118,7 @@ def _claim(study_dir: Path, configuration: int, replicate: int, old: dict | None
             continue
     record = {"configuration": configuration, "replicate": replicate, "run_id": run_id,
               "state": "claimed", "worker": this_worker(),
-              "claimed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "claimed_at": _now(),
               "previous_runs": old.get("previous_runs", [])}
     if old.get("state") == "claimed":
         record["taken_over_from"] = old.get("worker")
@@ -145,11 +145,16 @@ def next_pair(study_dir: Path, configurations: list[dict], replicates: int,
     return None
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
 def finish(study_dir: Path, record: dict, status: str, value: float | None,
-           error: str | None = None) -> dict:
-    """The pair is done: its run ended `status` (completed, early_stopped, pruned, failed)."""
-    done = {**record, "state": "done", "status": status, "value": value,
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+           error: str | None = None, fit_s: float | None = None) -> dict:
+    """The pair is done: its run ended `status` (completed, early_stopped, pruned, failed);
+    `fit_s` is the time its worker spent inside fit."""
+    done = {**record, "state": "done", "status": status, "value": value, "fit_s": fit_s,
+            "finished_at": _now()}
     if error:
         done["error"] = error
     return _write(study_dir, done)

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class Outcome:
     status: str
     value: float | None = None
     error: str | None = None
+    fit_s: float | None = None      # seconds inside fit (the rest is the study's overhead)
 
 
 @attrs.frozen
@@ -156,6 +158,7 @@ def run_pair(ctx: Context, record: dict, params: dict, pruning: Pruning | None) 
         entry, recipe, cfg = resolve(spec.recipe, recipes=ctx.registry, base=spec.base,
                                      base_source=f"{ctx.study_dir / 'study.toml'} [base]",
                                      sets=sets)
+        started = time.perf_counter()
         result = fit(recipe, cfg, run_dir=run_dir, resume=last if last.is_file() else None,
                      name=entry.name, stop_when=pruning, metrics_extra=block)
     except RecipeFailed as exc:
@@ -163,7 +166,8 @@ def run_pair(ctx: Context, record: dict, params: dict, pruning: Pruning | None) 
     except (UserError, UserErrors) as exc:
         return Outcome("failed", None, exc.render())
     value = objective_value(result.history, result.best_epoch, spec.metric)
-    return Outcome(result.status, value, (result.error or {}).get("message"))
+    return Outcome(result.status, value, (result.error or {}).get("message"),
+                   round(time.perf_counter() - started, 4))
 
 
 def _claim(ctx: Context) -> tuple[dict, dict, Pruning | None] | None:
@@ -189,7 +193,8 @@ def _record(ctx: Context, record: dict, outcome: Outcome) -> None:
     """Under the study lock: the pair is done; its configuration's trial is told once all
     its replicates are; results.json and results.md are rewritten."""
     with claims.study_lock(ctx.study_dir):
-        claims.finish(ctx.study_dir, record, outcome.status, outcome.value, outcome.error)
+        claims.finish(ctx.study_dir, record, outcome.status, outcome.value, outcome.error,
+                      outcome.fit_s)
         number = record["configuration"]
         pairs = claims.read_pairs(ctx.study_dir)
         mine = [pairs.get((number, i)) for i in range(len(ctx.spec.replicates))]
