@@ -63,7 +63,7 @@ def markdown(data: dict) -> str:
     for rank, c in enumerate(configs, 1):
         vs = c["vs_best"]
         verdict = ("best" if rank == 1 and c["n"] else vs["verdict"] if vs else
-                   "no verdict (fewer than 2 paired replicates)" if c["n"] else "no finished run")
+                   "no verdict (fewer than 2 paired replicates)" if c["n"] else _unfinished(c))
         lines.append(f"| {rank} | {c['configuration']}: {_params(c['params'])} | {c['n']} | "
                      f"{_fmt(c['mean'])} | {_fmt(c['std'])} | {_interval(c['ci95'])} | "
                      f"{_fmt(vs['mean_diff']) if vs else '–'} | "
@@ -87,6 +87,15 @@ def markdown(data: dict) -> str:
         lines += [f"- configuration {c['configuration']} ({_params(c['params'])}), replicate "
                   f"{r['replicate']}: runs/{r['run_id']}/" for c, r in failed]
     return "\n".join(lines) + "\n"
+
+
+def _unfinished(config: dict) -> str:
+    """Why a configuration has no counted run: its runs' statuses."""
+    statuses = [r["status"] for r in config["runs"]]
+    if not statuses:
+        return "not started"
+    return "no counted run (" + ", ".join(f"{statuses.count(s)} {s}" for s in
+                                          sorted(set(statuses))) + ")"
 
 
 def conclusion(data: dict) -> list[str]:
