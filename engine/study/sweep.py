@@ -25,7 +25,6 @@ from engine.core.errors import UserError
 from engine.io.files import atomic_write_text
 from engine.io.run_dir import new_run_id
 from engine.study import claims, store
-from engine.study.results import FINISHED
 from engine.study.spec import StudySpec
 from engine.study.worker import SignalFlag, load, work
 
@@ -166,5 +165,3 @@ def describe_end(study_dir: Path, outcome: str) -> str:
         text += f"; run the failed ones again with: {again} --retry-failed"
     return text
 
-
-__all__ = ["FINISHED", "create", "describe_end", "run_workers"]

@@ -23,7 +23,7 @@ def test_summary_matches_scipy(xs):
     assert s["n"] == len(xs)
     assert s["mean"] == pytest.approx(np.mean(xs), abs=1e-9)
     assert s["std"] == pytest.approx(np.std(xs, ddof=1), abs=1e-9)
-    if np.std(xs) > 0:
+    if np.std(xs) > 1e-6:   # scipy warns of lost precision for nearly equal values
         low, high = sp.ttest_1samp(xs, 0.0).confidence_interval(0.95)
         assert s["ci95"] == pytest.approx([low, high], rel=1e-9, abs=1e-9)
 
@@ -34,8 +34,9 @@ def test_one_value_has_no_spread():
     assert stats.summary([])["mean"] is None
 
 
-@given(st.lists(st.floats(-5, 5, allow_nan=False).map(lambda v: round(v, 2)), min_size=2,
-                max_size=8))
+# quarters are exact in binary, so sums that tie are equal in both implementations (scipy's
+# tie tolerance is relative to the observed statistic and misses rounding-level ties)
+@given(st.lists(st.integers(-20, 20).map(lambda v: v / 4), min_size=2, max_size=8))
 def test_exact_permutation_matches_scipy(diffs):
     """The exact paired permutation p-value equals scipy.stats.permutation_test's (every
     sign flip enumerated, two-sided, statistic the mean difference)."""
