@@ -20,7 +20,7 @@ from engine.cli.args import common, config_options, sets_of
 from engine.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
 from engine.core.errors import UserError
 
-_EXITS = {"done": EXIT_OK, "failed": EXIT_FAILED, "unfinished": EXIT_FAILED,
+_EXITS = {"done": EXIT_OK, "elsewhere": EXIT_OK, "failed": EXIT_FAILED, "unfinished": EXIT_FAILED,
           "interrupted": EXIT_SIGNAL}
 _SPEC_FLAGS = ("grid", "search", "trials", "sampler", "prune", "seeds", "replicate",
                "objective", "storage", "config", "output_dir")
@@ -91,7 +91,7 @@ def cmd_sweep(args: Any) -> int:
     print(f"study directory: {study_dir}", flush=True)
     outcome = sweep.run_workers(study_dir, workers, args.recipes)
     print(sweep.describe_end(study_dir, outcome),
-          file=sys.stdout if outcome == "done" else sys.stderr)
+          file=sys.stdout if outcome in ("done", "elsewhere") else sys.stderr)
     return _EXITS[outcome]
 
 

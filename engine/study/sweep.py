@@ -108,7 +108,8 @@ def start_workers(study_dir: Path, n: int, recipes: str | None) -> list[subproce
 
 def run_workers(study_dir: Path, workers: int, recipes: str | None) -> str:
     """Run the study to its end with `workers` processes; "done", "failed", "interrupted" or
-    "unfinished" (a worker died and left runs nobody took over: resume the study)."""
+    "unfinished" (a worker died and left runs nobody took over: resume the study) or
+    "elsewhere" (what is left is being run by workers of other processes)."""
     spec, _ = load(study_dir)
     bar = _bar(study_dir, spec)
     try:
@@ -123,8 +124,14 @@ def run_workers(study_dir: Path, workers: int, recipes: str | None) -> str:
     if outcome == "interrupted":
         return outcome
     if ended < total:
-        return "unfinished"
+        return "elsewhere" if _running_elsewhere(study_dir) else "unfinished"
     return "failed" if failed else "done"
+
+
+def _running_elsewhere(study_dir: Path) -> int:
+    """Runs that live workers of other processes (other machines) still hold."""
+    return sum(r["state"] == "claimed" and not claims.abandoned(r)
+               for r in claims.read_pairs(study_dir).values())
 
 
 def _supervise(study_dir: Path, spec: StudySpec, procs: list, bar: Any) -> str:
@@ -156,6 +163,10 @@ def describe_end(study_dir: Path, outcome: str) -> str:
     again = f"python -m engine sweep --resume {study_dir}"
     if outcome == "interrupted":
         return f"stopped by a signal after {ended} of {total} runs; resume with: {again}"
+    if outcome == "elsewhere":
+        return (f"nothing left for this sweep: {ended} of {total} runs ended, "
+                f"{_running_elsewhere(study_dir)} still running in other workers; "
+                f"python -m engine report {study_dir} shows the results so far")
     if outcome == "unfinished":
         return (f"a worker ended early: {ended} of {total} runs ended; resume with: {again} "
                 f"(see {study_dir / 'workers'})")
