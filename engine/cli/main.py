@@ -13,12 +13,12 @@ import os
 import sys
 import traceback
 
-from engine.cli import run_verbs, tool_verbs, verbs
+from engine.cli import run_verbs, study_verbs, tool_verbs, verbs
 from engine.cli.args import common
 from engine.cli.exits import EXIT_FAILED, EXIT_SIGNAL, EXIT_USER
 from engine.core.errors import UserError, UserErrors
 
-VERB_MODULES = (verbs, tool_verbs, run_verbs)
+VERB_MODULES = (verbs, tool_verbs, run_verbs, study_verbs)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-import warnings
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 

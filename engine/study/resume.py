@@ -1,0 +1,90 @@
+"""`sweep --resume STUDY_DIR`: the study in that folder, and the refusal of another
+specification (every flag given must match study.toml; exit code 2, nothing runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.core.config import to_dict
+from engine.core.errors import UserError, UserErrors, raise_all
+from engine.io.registry import resolve
+from engine.study import claims
+from engine.study import spec as specs
+from engine.study.checks import registry_of
+from engine.study.spec import StudySpec
+from engine.study.worker import load
+
+
+def open_study(path: str) -> tuple[Path, StudySpec, str]:
+    """The study directory PATH names (refused when it holds no study.toml)."""
+    study_dir = Path(path)
+    if not (study_dir / "study.toml").is_file():
+        raise UserError("not a study directory", where=str(study_dir),
+                        expected="a folder made by `python -m engine sweep` (with study.toml)",
+                        found="no study.toml" if study_dir.is_dir() else "no such folder")
+    spec, study_id = load(study_dir)
+    return study_dir, spec, study_id
+
+
+def _given(args: Any, spec: StudySpec, sets: list) -> dict:
+    """The parts of the specification the flags give, as study.toml would hold them."""
+    given: dict = {}
+    if args.name:
+        given["recipe"] = args.name
+    if args.grid:
+        given["grid"] = dict(specs.parse_key_values("--grid", t) for t in args.grid)
+    if args.search:
+        given["search"] = {k: s for k, s, _ in map(specs.parse_search, args.search)}
+    for flag in ("trials", "sampler"):
+        if getattr(args, flag) is not None:
+            given[flag] = getattr(args, flag)
+    if args.prune:
+        given["prune"] = True
+    if args.seeds is not None:
+        given["replicates"] = (specs.NO_REPLICATE, tuple(range(args.seeds)))
+    if args.replicate:
+        key, values = specs.parse_key_values("--replicate", args.replicate)
+        given["replicates"] = (key, tuple(values))
+    if args.objective:
+        given["objective"] = specs.parse_objective(args.objective)
+    if args.storage:
+        given["storage"] = args.storage
+    if sets or args.config:
+        _, _, cfg = resolve(spec.recipe, recipes=registry_of(spec, args.recipes),
+                            config_file=args.config, sets=sets)
+        given["base"] = to_dict(cfg)
+    return given
+
+
+def check_same(args: Any, spec: StudySpec, study_dir: Path, sets: list) -> None:
+    """Refuse a resume whose flags say another study than study.toml (one block each)."""
+    try:
+        given = _given(args, spec, sets)
+    except UserErrors as exc:
+        raise_all(exc.errors)
+    stored = {"recipe": spec.recipe, "grid": spec.grid, "search": spec.search,
+              "trials": spec.trials, "sampler": spec.sampler, "prune": spec.prune,
+              "replicates": (spec.replicate_key, tuple(spec.replicates)),
+              "objective": (spec.metric, spec.direction), "storage": spec.storage,
+              "base": spec.base}
+    errors = []
+    for part, value in given.items():
+        if value != stored[part]:
+            errors.append(UserError(
+                f"the study was made with another {part}", where=str(study_dir / "study.toml"),
+                expected=f"{part} as the study has it: {_show(stored[part])}",
+                found=f"{_show(value)} from the flags",
+                hint="a resumed study keeps its specification: leave the flags out, or start "
+                     "a new study without --resume"))
+    raise_all(errors)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def retry_failed(study_dir: Path) -> int:
+    with claims.study_lock(study_dir):
+        return claims.retry_failed(study_dir)

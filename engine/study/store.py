@@ -1,0 +1,117 @@
+"""The trial store (Optuna) and the study's configurations.
+
+Optuna holds the trials: a journal file `optuna.journal` in the study directory by default
+(several processes, or machines sharing the folder), or a database (`--storage
+postgresql://...`). One trial per configuration, told the mean objective over its replicates
+once they have all finished; with `--prune`, one more trial per run in the pruning study of
+its replicate (the run is compared with the other configurations' runs of that replicate).
+
+Which (configuration, replicate) is done is not read from Optuna's trial states (parallel
+workers can draw the same parameters, Optuna #1547): `engine.study.claims` keeps that record.
+`configurations/NNNN.json` holds each configuration's parameters and its trial's number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.io.files import atomic_write_json
+from engine.study.spec import StudySpec, distribution
+
+PRUNE_STARTUP = 2   # runs of a replicate that finish before the median pruner prunes any
+
+
+def quiet_optuna() -> Any:
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_storage(url: str, study_dir: Path | None) -> Any:
+    """The Optuna storage a study's URL names ("journal": the file in the study directory)."""
+    optuna = quiet_optuna()
+    if url == "journal":
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+        return JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
+    for plain in ("postgres://", "postgresql://"):
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the engine ships psycopg2
+        if url.startswith(plain):
+            url = "postgresql+psycopg2://" + url[len(plain):]
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
+def _sampler(spec: StudySpec) -> Any:
+    optuna = quiet_optuna()
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler()
+    return optuna.samplers.TPESampler()
+
+
+def optuna_study(spec: StudySpec, study_id: str, storage: Any, *, create: bool = False) -> Any:
+    optuna = quiet_optuna()
+    direction = "minimize" if spec.direction == "min" else "maximize"
+    if create:
+        return optuna.create_study(storage=storage, study_name=study_id, direction=direction,
+                                   sampler=_sampler(spec))
+    return optuna.load_study(study_name=study_id, storage=storage, sampler=_sampler(spec))
+
+
+def pruning_study(spec: StudySpec, study_id: str, storage: Any, replicate: int) -> Any:
+    """The pruning study of one replicate (created by the first run that needs it)."""
+    optuna = quiet_optuna()
+    direction = "minimize" if spec.direction == "min" else "maximize"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP, n_warmup_steps=0)
+    return optuna.create_study(storage=storage, study_name=f"{study_id}.prune.r{replicate}",
+                               direction=direction, pruner=pruner, load_if_exists=True)
+
+
+# --- configurations --------------------------------------------------------------------------
+
+def _config_path(study_dir: Path, number: int) -> Path:
+    return study_dir / "configurations" / f"{number:04d}.json"
+
+
+def read_configurations(study_dir: Path) -> list[dict]:
+    """Every configuration made so far, in order: {"configuration", "params", "trial"}."""
+    folder = study_dir / "configurations"
+    if not folder.is_dir():
+        return []
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+def _write_configuration(study_dir: Path, number: int, params: dict, trial: int) -> dict:
+    record = {"configuration": number, "params": params, "trial": trial}
+    (study_dir / "configurations").mkdir(exist_ok=True)
+    atomic_write_json(_config_path(study_dir, number), record)
+    return record
+
+
+def create_grid(spec: StudySpec, study: Any, study_dir: Path) -> None:
+    """A grid's configurations, made once when the study starts: trial k is configuration k."""
+    for number, params in enumerate(spec.configurations()):
+        trial = study.ask()
+        trial.set_user_attr("params", json.dumps(params))
+        _write_configuration(study_dir, number, params, trial.number)
+
+
+def ask_configuration(spec: StudySpec, study: Any, study_dir: Path, number: int) -> dict:
+    """The search's next configuration, from the sampler (called under the study lock, so
+    trial numbers follow configuration numbers)."""
+    trial = study.ask({key: distribution(text) for key, text in spec.search.items()})
+    return _write_configuration(study_dir, number, dict(trial.params), trial.number)
+
+
+def tell_configuration(study: Any, trial_number: int, values: list, pruned: bool) -> None:
+    """Tell a configuration's trial its mean objective (or pruned / failed); a trial told
+    before (a retried failure) stays as it was told."""
+    from optuna.trial import TrialState
+    try:
+        if values:
+            study.tell(trial_number, sum(values) / len(values))
+        else:
+            study.tell(trial_number, state=TrialState.PRUNED if pruned else TrialState.FAIL)
+    except (ValueError, RuntimeError):
+        pass
