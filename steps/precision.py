@@ -18,7 +18,10 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def make_scaler(device: torch.device, precision: str) -> Any:
-    """A GradScaler for fp16 on CUDA (it keeps small gradients from underflowing), else None."""
+    """A GradScaler for fp16 on CUDA (it keeps small gradients from underflowing), else None.
+
+    Its `step` reads `found_inf` on the host every optimizer step: a sync the user opts into
+    by choosing fp16, like nan_policy skip and rollback (bf16 needs no scaler and no sync)."""
     if precision != "fp16":
         return None
     return torch.amp.GradScaler(device.type)

@@ -27,7 +27,8 @@ import torch
 from engine.core import rng
 from engine.core.errors import UserError, UserErrors, raise_all
 from engine.io.layering import tomllib
-from engine.tools import infer, sizes, wire
+from engine.tools import check, infer, sizes, wire
+from engine.tools.check_steps import OVERFIT_MARGIN
 from engine.tools.render_code import SETTINGS, Plan, config_py, model_py, section
 from engine.tools.render_step import data_py, inferred_lines, init_py
 
@@ -151,7 +152,6 @@ def staged(plan: Plan, modules: dict[str, str], text: str) -> Iterator[str]:
 
 def run_checks(name: str, registry: str, sets: Sequence[str]) -> tuple[list, list]:
     """`engine check`'s checks on the staged recipe: (lines, errors); the RNG kept as it was."""
-    from engine.tools import check
     lines: list[tuple[str, str, str]] = []
     saved = rng.rng_state()
     try:
@@ -184,7 +184,6 @@ def probe_rates(plan: Plan, registry: str, rates: Sequence[float]) -> tuple[floa
     worst seed fell by twice the probe's margin, else the one whose worst seed fell most.
     Refuses with the checks' messages when a check other than the overfit probe fails, or when
     no rate passes for every seed."""
-    from engine.tools.check import OVERFIT_MARGIN
     results: dict[float, list[int | None]] = {}
     first_errors: list = []
     for rate in rates:

@@ -311,7 +311,7 @@ def test_wired_recipe_checks_and_trains_with_falling_loss(project: Path, made: d
     assert new.returncode == 0, new.stdout + new.stderr
     for words in inferred:
         assert words in new.stdout, new.stdout
-    assert "19 ok, 0 warn, 0 FAIL" in new.stdout
+    assert "20 ok, 0 warn, 0 FAIL" in new.stdout
     folder = project / "recipes" / name
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".py") == [
         "__init__.py", "config.py", "data.py", "model.py"]
@@ -337,7 +337,7 @@ def test_wired_recipe_checks_and_trains_with_falling_loss(project: Path, made: d
 
     checked = result["check"]
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "19 ok, 0 warn, 0 FAIL" in checked.stdout
+    assert "20 ok, 0 warn, 0 FAIL" in checked.stdout
     ran = result["run"]
     assert ran.returncode == 0, ran.stdout + ran.stderr
     (run_dir,) = (project / "artifacts" / "models" / name / "runs").iterdir()
@@ -443,7 +443,7 @@ def test_records_split_parameter_and_regression(project: Path):
     assert "collate_fn=collate" in data
     assert lint(project / "recipes" / "reg", project, "reg_code").returncode == 0
     code, out, err = in_process(project, "check", "reg")
-    assert code == 0 and "19 ok, 0 warn, 0 FAIL" in out, out + err
+    assert code == 0 and "20 ok, 0 warn, 0 FAIL" in out, out + err
 
 
 def test_new_needs_a_kind_or_both_classes(project: Path):
