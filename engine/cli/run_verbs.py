@@ -8,6 +8,7 @@ from engine.cli.args import common
 
 
 def add(verbs: Any) -> dict:
+    """Add runs and compare to the verb sub-parsers; their handlers."""
     p = verbs.add_parser("runs", help="list past runs, newest first (studies' runs included)")
     p.add_argument("name", metavar="NAME", nargs="?", help="only this recipe's runs")
     p.add_argument("--output-dir", metavar="DIR", help="where the runs are (default: artifacts)")
@@ -23,10 +24,13 @@ def add(verbs: Any) -> dict:
 
 
 def cmd_runs(args: Any) -> int:
+    """`runs [NAME]`: every past run, studies' included, newest first (a table, or --json)."""
     from engine.tools import runs
     return runs.cli(args.name, args.output_dir, args.json)
 
 
 def cmd_compare(args: Any) -> int:
+    """`compare RUN_DIR...`: the config keys that differ, best figures side by side, curves
+    overlaid."""
     from engine.tools import compare
     return compare.cli(args.run_dirs, args.output)

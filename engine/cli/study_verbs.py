@@ -27,6 +27,7 @@ _SPEC_FLAGS = ("grid", "search", "trials", "sampler", "prune", "seeds", "replica
 
 
 def add(verbs: Any) -> dict:
+    """Add sweep and report to the verb sub-parsers; their handlers."""
     p = verbs.add_parser("sweep", help="run many runs as one experiment (a study)")
     p.add_argument("name", nargs="?", metavar="NAME", help="recipe name in recipes.toml")
     config_options(p, output=True, name=False)
@@ -64,6 +65,7 @@ def _given_flags(args: Any) -> list[str]:
 
 
 def cmd_sweep(args: Any) -> int:
+    """`sweep NAME ...`, `sweep --resume STUDY_DIR`, `sweep --worker STUDY_DIR`: run a study."""
     from engine.study import sweep
     if args.worker:
         return _join(args)
@@ -125,6 +127,7 @@ def _refuse_sqlite(storage: str, workers: int, where: str) -> None:
 
 
 def cmd_report(args: Any) -> int:
+    """`report STUDY_DIR`: rewrite results.json, results.md and study.png, and print them."""
     from engine.study.report import write_results
     from engine.study.resume import open_study
     study_dir, spec, study_id = open_study(args.study_dir)

@@ -60,6 +60,7 @@ def study_lock(study_dir: Path) -> Iterator[None]:
 
 
 def pair_path(study_dir: Path, configuration: int, replicate: int) -> Path:
+    """The record file of one (configuration, replicate) under the study's pairs/."""
     return study_dir / "pairs" / f"c{configuration:04d}-r{replicate:03d}.json"
 
 
@@ -196,4 +197,5 @@ class Heartbeat:
                     os.utime(path)
 
     def stop(self) -> None:
+        """Stop beating (the claim stays as the run left it)."""
         self._stop.set()

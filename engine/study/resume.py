@@ -86,5 +86,6 @@ def _show(value: Any) -> str:
 
 
 def retry_failed(study_dir: Path) -> int:
+    """Mark the study's failed pairs as to run again; how many."""
     with claims.study_lock(study_dir):
         return claims.retry_failed(study_dir)

@@ -49,6 +49,7 @@ class StudySpec:
                 itertools.product(*(self.grid[k] for k in keys))]
 
     def n_configurations(self) -> int:
+        """How many configurations the study has (the grid's size, or the trials)."""
         return self.trials if self.search else len(self.configurations())
 
     def to_toml_dict(self) -> dict:
@@ -66,6 +67,7 @@ class StudySpec:
 
     @classmethod
     def from_toml_dict(cls, data: dict) -> StudySpec:
+        """The specification back from study.toml's tables."""
         search = data.get("search") or {}
         return cls(recipe=data["recipe"], recipes_file=data["recipes_file"], base=data["base"],
                    grid={k: list(v) for k, v in (data.get("grid") or {}).items()},

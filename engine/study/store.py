@@ -24,6 +24,7 @@ PRUNE_STARTUP = 2   # runs of a replicate that finish before the median pruner p
 
 
 def quiet_optuna() -> Any:
+    """Optuna, imported on first use, with its INFO lines off."""
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
@@ -51,6 +52,7 @@ def _sampler(spec: StudySpec) -> Any:
 
 
 def optuna_study(spec: StudySpec, study_id: str, storage: Any, *, create: bool = False) -> Any:
+    """The study's Optuna study in `storage` (made with `create=True`)."""
     optuna = quiet_optuna()
     direction = "minimize" if spec.direction == "min" else "maximize"
     if create:

@@ -92,6 +92,7 @@ def _die_with_parent() -> None:
 
 
 def start_workers(study_dir: Path, n: int, recipes: str | None) -> list[subprocess.Popen]:
+    """Start `n` worker processes on this machine, each logging to workers/; their handles."""
     logs = study_dir / "workers"
     logs.mkdir(exist_ok=True)
     procs = []

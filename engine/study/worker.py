@@ -37,6 +37,8 @@ ENDED = (*FINISHED, "failed")
 
 @attrs.frozen
 class Outcome:
+    """How one (configuration, replicate) run ended: status, objective value, error, seconds in
+    fit."""
     status: str
     value: float | None = None
     error: str | None = None
@@ -74,6 +76,7 @@ class SignalFlag:
         self._old_fd = -1
 
     def install(self) -> SignalFlag:
+        """Install the SIGINT / SIGTERM handlers that set the flag."""
         if threading.current_thread() is threading.main_thread():
             read, write = os.pipe()
             os.set_blocking(read, False)
@@ -88,6 +91,7 @@ class SignalFlag:
         self.count += 1
 
     def stopped(self) -> bool:
+        """Whether a stop signal arrived."""
         if self._pipe is not None:
             try:
                 data = os.read(self._pipe[0], 512)
@@ -97,6 +101,7 @@ class SignalFlag:
         return self.count > 0
 
     def restore(self) -> None:
+        """Put back the handlers from before."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
@@ -108,6 +113,7 @@ class SignalFlag:
 
 
 def objective_value(history: dict, best_epoch: int | None, metric: str) -> float | None:
+    """The objective: `metric` at the run's best validation (None when it has none)."""
     return at_best({"history": history, "best": {"epoch": best_epoch}}, metric)
 
 
@@ -130,6 +136,7 @@ class Pruning:
         return "pruned" if self.trial.should_prune() else None
 
     def end(self, outcome: Outcome) -> None:
+        """Tell Optuna how the run ended (a value, pruned or failed)."""
         from optuna.trial import TrialState
         if outcome.status == "interrupted":
             return   # the resumed run asks a trial of its own

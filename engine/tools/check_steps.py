@@ -59,6 +59,7 @@ def _bytes(n: float) -> str:
 # --- the checks: each takes `have` and returns (detail, products) or raises Outcome ----------
 
 def check_registry(have: dict) -> tuple[str, dict]:
+    """registry: the recipe's entry is found in recipes.toml."""
     from engine.io.registry import find_entry, find_registry
     path = find_registry(have["recipes"])
     entry = find_entry(have["name"], path)
@@ -66,12 +67,14 @@ def check_registry(have: dict) -> tuple[str, dict]:
 
 
 def check_recipe(have: dict) -> tuple[str, dict]:
+    """recipe: the entry's import path gives a Recipe."""
     from engine.io.registry import import_recipe
     recipe = import_recipe(have["entry"])
     return f"{have['entry'].import_path} (Recipe '{recipe.name}')", {"recipe": recipe}
 
 
 def check_config(have: dict) -> tuple[str, dict]:
+    """config: every layer structures into the recipe's config, keys, types and ranges."""
     from engine.io.layering import Layer, build_config, config_file_layer, parse_set
     entry, recipe = have["entry"], have["recipe"]
     layers = [Layer(entry.defaults, str(entry.file), entry.name)]
@@ -88,6 +91,7 @@ def check_config(have: dict) -> tuple[str, dict]:
 
 
 def check_device(have: dict) -> tuple[str, dict]:
+    """device: train.device and precision can be had here."""
     from engine.core.devices import resolve_device
     train = have["cfg"].train
     device = resolve_device(train.device)
@@ -100,6 +104,7 @@ def check_device(have: dict) -> tuple[str, dict]:
 
 
 def check_output(have: dict) -> tuple[str, dict]:
+    """output dir: the runs folder can be written."""
     import os
 
     from engine.io.run_dir import runs_root
@@ -117,6 +122,7 @@ def check_output(have: dict) -> tuple[str, dict]:
 
 
 def check_model(have: dict) -> tuple[str, dict]:
+    """model: build_model returns an nn.Module; its parameter count."""
     recipe, cfg = have["recipe"], have["cfg"]
     seed_everything(cfg.train.seed)   # the same weights `run` starts from
     model = call_recipe(recipe, "build_model", have["view"])
@@ -132,6 +138,7 @@ def check_model(have: dict) -> tuple[str, dict]:
 
 
 def check_loaders(have: dict) -> tuple[str, dict]:
+    """loaders: build_loaders returns Loaders with non-empty, sized loaders."""
     recipe = have["recipe"]
     loaders = call_recipe(recipe, "build_loaders", have["view"])
     sizes = loader_sizes(recipe, loaders)
@@ -141,16 +148,19 @@ def check_loaders(have: dict) -> tuple[str, dict]:
 
 
 def check_train_batch(have: dict) -> tuple[str, dict]:
+    """train batch: the first training batch, and its structure."""
     batch = pf.first_batch(have["recipe"], have["loaders"].train, "training")
     return pf.describe(batch), {"batch": batch}
 
 
 def check_val_batch(have: dict) -> tuple[str, dict]:
+    """val batch: the first validation batch, and its structure."""
     batch = pf.first_batch(have["recipe"], have["loaders"].val, "validation")
     return pf.describe(batch), {"val_batch": batch}
 
 
 def check_values(have: dict) -> tuple[str, dict]:
+    """batch values: NaN or inf in the first batches (a warning)."""
     bad = [f"train {b}" for b in pf.nonfinite_inputs(have["batch"])]
     bad += [f"val {b}" for b in pf.nonfinite_inputs(have["val_batch"])] if "val_batch" in have \
         else []
@@ -161,6 +171,7 @@ def check_values(have: dict) -> tuple[str, dict]:
 
 
 def check_placement(have: dict) -> tuple[str, dict]:
+    """batch device: every batch tensor ends up on the model's device."""
     recipe, device = have["recipe"], have["device"]
     batch = steps.move_to_device(have["batch"], device) if recipe.move_batch else have["batch"]
     model_devices = {p.device for p in have["model"].parameters()} or {device}
@@ -176,6 +187,7 @@ def check_placement(have: dict) -> tuple[str, dict]:
 
 
 def check_sample(have: dict) -> tuple[str, dict]:
+    """dataset[0]: one sample reaches the model as a batch of one (a shape error names the layer)."""
     recipe, model, device = have["recipe"], have["model"], have["device"]
     loader = have["loaders"].train
     dataset = getattr(loader, "dataset", None)

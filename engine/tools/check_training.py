@@ -19,6 +19,7 @@ from engine.tools.check_steps import OVERFIT_MARGIN, OVERFIT_STEPS, Outcome, _by
 
 
 def check_forward(have: dict) -> tuple[str, dict]:
+    """forward: forward_batch runs on the first training batch and returns a loss."""
     recipe, model, device, cfg = have["recipe"], have["model"], have["device"], have["cfg"]
     batch = have["moved"]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -48,6 +49,7 @@ def check_forward(have: dict) -> tuple[str, dict]:
 
 
 def check_loss(have: dict) -> tuple[str, dict]:
+    """loss: a finite scalar that requires grad, and the metrics."""
     recipe, out = have["recipe"], have["out"]
     loss = pf.check_step_output(out, recipe)
     value = float(loss.detach().float())
@@ -63,6 +65,7 @@ def check_loss(have: dict) -> tuple[str, dict]:
 
 
 def check_gradients(have: dict) -> tuple[str, dict]:
+    """gradients: every trainable parameter gets a gradient."""
     model, loss = have["model"], have["loss"]
     loss.backward()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -79,6 +82,7 @@ def check_gradients(have: dict) -> tuple[str, dict]:
 
 
 def check_optimizer(have: dict) -> tuple[str, dict]:
+    """optimizer: build_optimizer's optimizer covers the model's parameters."""
     recipe, model = have["recipe"], have["model"]
     optimizer = call_recipe(recipe, "build_optimizer", have["view"], model)
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -97,6 +101,7 @@ def check_optimizer(have: dict) -> tuple[str, dict]:
 
 
 def check_scheduler(have: dict) -> tuple[str, dict]:
+    """scheduler: build_scheduler's Schedule and what it steps on."""
     recipe, cfg = have["recipe"], have["cfg"]
     schedule = build_schedule(recipe, have["view"], have["optimizer"], have["loaders"].train)
     if schedule is None:
@@ -128,6 +133,7 @@ def check_settings(have: dict) -> tuple[str, dict]:
 
 
 def check_overfit(have: dict) -> tuple[str, dict]:
+    """overfit: 25 steps on one batch lower its loss by at least OVERFIT_MARGIN."""
     recipe, cfg, device = have["recipe"], have["cfg"], have["device"]
     model = copy.deepcopy(have["model"])   # the real model stays as built
     optimizer = call_recipe(recipe, "build_optimizer", have["view"], model)
@@ -164,6 +170,7 @@ def check_overfit(have: dict) -> tuple[str, dict]:
 
 
 def check_memory(have: dict) -> tuple[str, dict]:
+    """memory: parameters, gradients, optimizer state and activations per step."""
     model = have["model"]
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)

@@ -122,6 +122,7 @@ def make_plan(name: str, model_spec: str, dataset_spec: str, kind: str | None,
 
 
 def render(plan: Plan, learning_rate: float, probe: list[str]) -> tuple[dict[str, str], str]:
+    """The recipe's files and recipes.toml section for a wiring plan and settings."""
     modules = {"__init__.py": init_py(plan, probe), "config.py": config_py(plan),
                "data.py": data_py(plan), "model.py": model_py(plan)}
     return modules, section(plan, learning_rate)

@@ -59,6 +59,7 @@ class Plan:
 
 
 def toml_value(value: Any) -> str:
+    """A Python value as a TOML value for the recipes.toml section."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -118,6 +119,7 @@ def _doc(title: str, body: str) -> str:
 
 
 def class_name(name: str) -> str:
+    """The config class prefix for a recipe name: `fusion` -> `Fusion`."""
     return "".join(part[:1].upper() + part[1:] for part in name.split("_")) + "Config"
 
 
@@ -156,6 +158,7 @@ def _fields_block(cls: type, values: dict, required: tuple, notes: dict,
 
 
 def config_py(plan: Plan) -> str:
+    """recipes/NAME/config.py: the model and data tables from the constructors."""
     model, data = plan.model_cls, plan.data.cls
     model_lines = _fields_block(model, plan.model_values, plan.model_required, plan.model_notes)
     extra = () if plan.data.split else (
@@ -208,6 +211,7 @@ class {class_name(plan.name)}:
 
 
 def model_py(plan: Plan) -> str:
+    """recipes/NAME/model.py: build_model, constructing the user's class from the config."""
     cls = plan.model_cls
     args = ", ".join(f"{n}=model.{n}" for n in plan.model_values)
     call = f"    model = cfg.model\n    return {cls.__name__}({args})"

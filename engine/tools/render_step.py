@@ -40,6 +40,7 @@ def _collate_text(plan: Plan, is_attrs: bool) -> str:
 
 
 def data_py(plan: Plan) -> str:
+    """recipes/NAME/data.py: build_loaders over the user's dataset (its split or a seeded one)."""
     cls, split, cfg_cls = plan.data.cls, plan.data.split, class_name(plan.name)
     record = plan.fields.kind == "record"
     if split:
@@ -160,6 +161,8 @@ def inferred_lines(plan: Plan, probe: list[str]) -> list[str]:
 
 
 def init_py(plan: Plan, probe: list[str]) -> str:
+    """recipes/NAME/__init__.py: forward_batch (the batch mapped to forward, the loss) and the
+    Recipe."""
     imports, own, body = _step_body(plan)
     optimizer, schedule, _, _ = SETTINGS[plan.kind]
     spec = f"--model {plan.model_spec}\n        --dataset {plan.dataset_spec}"

@@ -90,6 +90,8 @@ def _number(value: Any) -> float | None:
 
 
 def run_info(run_dir: Path) -> RunInfo:
+    """One run's row for `runs` from its metrics.json and config.toml; a UserError for a folder
+    that is not one."""
     metrics, _ = load(run_dir)
     history, best = metrics["history"], metrics.get("best") or {}
     epochs = [e for e in history.get("epoch", []) if isinstance(e, int)]

@@ -39,6 +39,7 @@ class Param:
 
     @property
     def required(self) -> bool:
+        """Whether the parameter has no default."""
         return self.default is NO_VALUE
 
 
@@ -53,6 +54,7 @@ class Fields:
     record_type: Any = None
 
     def get(self, name: str) -> Any:
+        """The field named `key`, or None."""
         return self.values[self.names.index(name)]
 
     def expr(self, name: str) -> str:
@@ -66,6 +68,7 @@ class Fields:
         return "batch"
 
     def shown(self, name: str) -> str:
+        """The fields as a message shows them: `batch["image"]: float32[12], ...`."""
         return "the batch" if self.kind == "tensor" else self.expr(name)
 
 
@@ -169,6 +172,7 @@ def annotation_text(annotation: Any, default: Any) -> str:
 
 
 def is_toml_value(value: Any) -> bool:
+    """Whether a default can be written to TOML (and so become a config field)."""
     if isinstance(value, TOML_SCALARS):
         return True
     return isinstance(value, (tuple, list)) and bool(value) and all(
@@ -203,6 +207,7 @@ def first_of(batch: Fields) -> Fields:
 
 
 def shown_fields(fields: Fields) -> str:
+    """The batch's fields for a message."""
     from engine.core.preflight import describe
     return ", ".join(f"{fields.shown(n)}: {describe(fields.get(n))}" for n in fields.names)
 
@@ -210,6 +215,7 @@ def shown_fields(fields: Fields) -> str:
 # --- the batch to forward's parameters -------------------------------------------------------
 
 def parse_maps(maps: Sequence[str]) -> dict[str, str]:
+    """`--map ARG=FIELD` flags as a dict; a malformed one is a UserError."""
     out = {}
     for flag in maps:
         arg, sep, key = flag.partition("=")

@@ -15,6 +15,7 @@ from engine.io.files import atomic_write_text
 
 
 def make(run: Any) -> CsvWriter:
+    """The csv tracker for a run (`train.loggers` names "csv")."""
     return CsvWriter()
 
 
@@ -32,6 +33,7 @@ def table(history: dict) -> str:
 
 
 class CsvWriter:
+    """RUN_DIR/metrics.csv: one row per validation, the history's columns, rewritten atomically."""
     events = frozenset({Event.VALIDATION_END})
 
     def __call__(self, event: Event, state: Any) -> None:

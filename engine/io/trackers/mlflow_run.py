@@ -53,6 +53,7 @@ def artifact_root(uri: str) -> str | None:
 
 
 def make(run: Any) -> MlflowRun:
+    """The MLflow tracker for a run: its client, experiment and (on resume) its MLflow run."""
     for key, value in _BOUNDS.items():
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
@@ -104,6 +105,7 @@ def _open_client(client_class: Any, uri: str) -> Any:
 
 
 class MlflowRun:
+    """One engine run as one MLflow run: params, metrics per validation, tags, artifacts."""
     events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FIT_END})
 
     def __init__(self, client_class: Any, uri: str) -> None:

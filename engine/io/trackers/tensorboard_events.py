@@ -18,6 +18,7 @@ from engine.io.trackers import figures, flat_config
 
 
 def make(run: Any) -> TensorBoardWriter:
+    """The TensorBoard tracker for a run (`train.loggers` names "tensorboard")."""
     from torch.utils.tensorboard import SummaryWriter
     return TensorBoardWriter(SummaryWriter)
 
@@ -29,6 +30,8 @@ def _hparam(value: Any) -> Any:
 
 
 class TensorBoardWriter:
+    """Event files in RUN_DIR/tensorboard/: history columns per validation, the training loss per
+    log interval, hparams."""
     events = frozenset({Event.FIT_START, Event.STEP_END, Event.VALIDATION_END, Event.FIT_END})
 
     def __init__(self, writer_class: Any) -> None:
@@ -78,5 +81,6 @@ class TensorBoardWriter:
             self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
+        """Flush and close the event file."""
         if self.writer is not None:
             self.writer.close()
