@@ -187,7 +187,8 @@ def check_placement(have: dict) -> tuple[str, dict]:
 
 
 def check_sample(have: dict) -> tuple[str, dict]:
-    """dataset[0]: one sample reaches the model as a batch of one (a shape error names the layer)."""
+    """dataset[0]: one sample reaches the model as a batch of one; a shape error names its
+    layer."""
     recipe, model, device = have["recipe"], have["model"], have["device"]
     loader = have["loaders"].train
     dataset = getattr(loader, "dataset", None)
