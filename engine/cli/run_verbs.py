@@ -25,12 +25,12 @@ def add(verbs: Any) -> dict:
 
 def cmd_runs(args: Any) -> int:
     """`runs [NAME]`: every past run, studies' included, newest first (a table, or --json)."""
-    from engine.tools import runs
+    from engine.tools import runs  # deferred: start-up time
     return runs.cli(args.name, args.output_dir, args.json)
 
 
 def cmd_compare(args: Any) -> int:
     """`compare RUN_DIR...`: the config keys that differ, best figures side by side, curves
     overlaid."""
-    from engine.tools import compare
+    from engine.tools import compare  # deferred: start-up time
     return compare.cli(args.run_dirs, args.output)

@@ -66,11 +66,11 @@ def _given_flags(args: Any) -> list[str]:
 
 def cmd_sweep(args: Any) -> int:
     """`sweep NAME ...`, `sweep --resume STUDY_DIR`, `sweep --worker STUDY_DIR`: run a study."""
-    from engine.study import sweep
+    from engine.study import sweep  # deferred: start-up time
     if args.worker:
         return _join(args)
     if args.resume:
-        from engine.study import resume
+        from engine.study import resume  # deferred: start-up time
         study_dir, spec, _ = resume.open_study(args.resume)
         resume.check_same(args, spec, study_dir, sets_of(args))
         workers = args.workers or 1
@@ -86,7 +86,7 @@ def cmd_sweep(args: Any) -> int:
             raise UserError("--retry-failed needs --resume", where="--retry-failed",
                             expected="sweep --resume STUDY_DIR --retry-failed",
                             found="a new study")
-        from engine.study.checks import specify
+        from engine.study.checks import specify  # deferred: start-up time
         spec, _, _, cfg = specify(args, sets_of(args))
         study_dir = sweep.create(spec, cfg.train.output_dir)
         workers = args.workers or 1
@@ -98,8 +98,8 @@ def cmd_sweep(args: Any) -> int:
 
 
 def _join(args: Any) -> int:
-    from engine.study.resume import open_study
-    from engine.study.worker import work
+    from engine.study.resume import open_study  # deferred: start-up time
+    from engine.study.worker import work  # deferred: start-up time
     given = _given_flags(args) + (["--resume"] if args.resume else []) + (
         ["--workers"] if args.workers else [])
     if given:
@@ -128,8 +128,8 @@ def _refuse_sqlite(storage: str, workers: int, where: str) -> None:
 
 def cmd_report(args: Any) -> int:
     """`report STUDY_DIR`: rewrite results.json, results.md and study.png, and print them."""
-    from engine.study.report import write_results
-    from engine.study.resume import open_study
+    from engine.study.report import write_results  # deferred: start-up time
+    from engine.study.resume import open_study  # deferred: start-up time
     study_dir, spec, study_id = open_study(args.study_dir)
     data = write_results(study_dir, spec, study_id, picture=True)
     if args.json:

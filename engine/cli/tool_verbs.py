@@ -41,15 +41,15 @@ def add(verbs: Any) -> dict:
 
 def cmd_check(args: Any) -> int:
     """`check NAME`: every preflight check, one line each; 0 when none failed."""
-    from engine.tools import check
+    from engine.tools import check  # deferred: start-up time
     return check.cli(args.name, recipes=args.recipes, config_file=args.config,
                          sets=args.sets)
 
 
 def cmd_new(args: Any) -> int:
     """`new NAME --kind KIND`: write a recipe from a template and register it."""
-    from engine.io.registry import FILENAME, find_registry
-    from engine.tools import new as scaffold
+    from engine.io.registry import FILENAME, find_registry  # deferred: start-up time
+    from engine.tools import new as scaffold  # deferred: start-up time
     named = args.recipes or os.environ.get("ENGINE_RECIPES")
     if named:
         registry = Path(named)   # `new` creates the file when it does not exist yet
@@ -59,7 +59,7 @@ def cmd_new(args: Any) -> int:
         except UserError:
             registry = Path.cwd() / FILENAME
     if args.model or args.dataset:
-        from engine.tools import new_from_code
+        from engine.tools import new_from_code  # deferred: start-up time
         missing = [flag for flag, v in (("--model", args.model), ("--dataset", args.dataset))
                    if not v]
         if missing:
@@ -83,12 +83,12 @@ def cmd_new(args: Any) -> int:
 
 def cmd_diagnose(args: Any) -> int:
     """`diagnose RUN_DIR`: what a run's history says, and what to try."""
-    from engine.tools import diagnose
+    from engine.tools import diagnose  # deferred: start-up time
     return diagnose.cli(args.run_dir, args.json)
 
 
 def cmd_lr_find(args: Any) -> int:
     """`lr-find NAME`: a learning-rate range test in a new folder."""
-    from engine.tools import lr_find
+    from engine.tools import lr_find  # deferred: start-up time
     return lr_find.cli(args.name, recipes=args.recipes, config_file=args.config,
                        sets=args.sets, output_dir=args.output_dir)

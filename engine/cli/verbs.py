@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from engine.cli.args import common, config_options, sets_of
 from engine.cli.exits import EXIT_FAILED, EXIT_OK, EXIT_SIGNAL
-from engine.core.errors import UserError
 
 
 def add(verbs: Any) -> dict:
@@ -33,7 +31,7 @@ def add(verbs: Any) -> dict:
 
 def cmd_list(args: Any) -> int:
     """`list`: one registered recipe a line, name then description."""
-    from engine.io.registry import find_registry, read_registry
+    from engine.io.registry import find_registry, read_registry  # deferred: start-up time
     entries = read_registry(find_registry(args.recipes))
     width = max((len(n) for n in entries), default=0)
     for name, entry in entries.items():
@@ -43,8 +41,8 @@ def cmd_list(args: Any) -> int:
 
 def cmd_show(args: Any) -> int:
     """`show NAME`: the resolved config as TOML (the --config format), nothing else."""
-    from engine.io.layering import to_toml
-    from engine.io.registry import resolve
+    from engine.io.layering import to_toml  # deferred: start-up time
+    from engine.io.registry import resolve  # deferred: start-up time
     _, _, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config, sets=args.sets)
     sys.stdout.write(to_toml(cfg))
     return EXIT_OK
@@ -53,8 +51,8 @@ def cmd_show(args: Any) -> int:
 def cmd_run(args: Any) -> int:
     # first, before torch loads: a signal during start-up is a clean stop too (exit 130)
     """`run NAME`: train in a new run directory (or continue one with --resume)."""
-    from engine.core.signals import StopRequest
-    from engine.io import plot_service
+    from engine.core.signals import StopRequest  # deferred: start-up time
+    from engine.io import plot_service  # deferred: start-up time
     stop = StopRequest().install()
     if os.environ.get("RANK", "0") == "0":   # under torchrun rank 0 alone draws
         plot_service.service().warm()   # its matplotlib import overlaps this process's torch
@@ -67,11 +65,11 @@ def cmd_run(args: Any) -> int:
 
 
 def _run(args: Any) -> int:
-    from engine.core.events import Event, listens_to
-    from engine.io import resume as resuming
-    from engine.io.fit import fit
-    from engine.io.registry import resolve
-    from engine.io.run_dir import new_run_id, runs_root
+    from engine.core.events import Event, listens_to  # deferred: start-up time
+    from engine.io import resume as resuming  # deferred: start-up time
+    from engine.io.fit import fit  # deferred: start-up time
+    from engine.io.registry import resolve  # deferred: start-up time
+    from engine.io.run_dir import check_writable, new_run_id, runs_root  # deferred: start-up time
     sets = sets_of(args)
     if args.resume:
         plan = resuming.plan(args.resume, args.name)
@@ -96,7 +94,7 @@ def _run(args: Any) -> int:
         run_dir, checkpoint = None, None
     if run_dir is None:
         root = runs_root(cfg.train.output_dir, entry.name)
-        _check_writable(root, cfg.train.output_dir)
+        check_writable(root, cfg.train.output_dir)
         run_dir = root / new_run_id()
 
     @listens_to(Event.FIT_START)
@@ -129,20 +127,3 @@ def _report(result: Any, name: str) -> int:
     if result.status == "interrupted":
         return EXIT_SIGNAL
     return EXIT_OK
-
-
-def _check_writable(root: Path, output_dir: str) -> None:
-    """Fail before training when the runs folder cannot be made; create nothing (fit makes the
-    run directory only once the preflight passed)."""
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a folder"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable by this user"
-    if problem:
-        raise UserError("the output directory cannot be written",
-                        where=f'train.output_dir = "{output_dir}"',
-                        expected="a folder this user can create files in", found=problem)

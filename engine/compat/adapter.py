@@ -23,15 +23,20 @@ import torch
 
 import steps
 from engine.core import building
+from engine.core.devices import resolve_device
 from engine.core.distributed import World
 from engine.core.errors import UserError, describe_value
 from engine.core.recipe import StepContext
-from engine.core.state import LoopState, Run, record_validation
+from engine.core.state import LoopState, Run, history_lists, record_validation
 from engine.core.validation import validate
 from engine.io.checkpointer import RunDirCheckpointer
 from engine.io.files import atomic_torch_save
 from engine.io.fit import RecipeFailed, RunResult, fit
+from engine.io.metrics import read_metrics, write_metrics
 from engine.io.plot_service import wait_for_plots
+from engine.io.plots import plot_metrics
+from engine.io.registry import resolve
+from engine.io.run_dir import make_run_dir
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _OVERRIDES = "BaseTrainer.from_registry overrides"
@@ -57,7 +62,6 @@ class BaseTrainer:
                       recipes: str | Path | None = None, **kwargs: Any) -> BaseTrainer:
         """The recipe `name` of recipes.toml with `overrides` ({"train.epochs": 2}: dotted keys
         as --set takes them, Python values) on top, type- and range-checked like --set."""
-        from engine.io.registry import resolve
         entry, recipe, cfg = resolve(name, recipes=recipes, base=_nest(overrides or {}),
                                      base_source=_OVERRIDES)
         return cls(recipe, cfg, name=entry.name, **kwargs)
@@ -79,7 +83,7 @@ class BaseTrainer:
     @property
     def history(self) -> dict:
         """The run's history, a dict of equal-length lists ({} before training)."""
-        return {k: list(v) for k, v in self._state().history.items()}
+        return history_lists(self._state().history)
 
     def validate(self) -> float:
         """One validation pass of the current model: the mean validation loss."""
@@ -116,7 +120,6 @@ class BaseTrainer:
     def run_dir(self) -> Path:
         """The run directory (made when first asked for)."""
         if self._run_dir is None:
-            from engine.io.run_dir import make_run_dir
             self._run_dir, _ = make_run_dir(self.cfg.train.output_dir, self.name)
         (self._run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         return self._run_dir
@@ -144,7 +147,6 @@ class BaseTrainer:
 
     def save_metrics(self) -> Path:
         """metrics.json of this trainer's run, written as the run writes it."""
-        from engine.io.metrics import write_metrics
         state = self._state()
         error = {k: state.error[k] for k in ("epoch", "step", "message")} if state.error else None
         write_metrics(self.run_dir, recipe=self.name, run_id=self.run_dir.name,
@@ -156,8 +158,6 @@ class BaseTrainer:
 
     def plot_metrics(self) -> Path:
         """metrics.png from the history (and any baselines already in metrics.json)."""
-        from engine.io.metrics import read_metrics
-        from engine.io.plots import plot_metrics
         state = self._state()
         metrics = {**read_metrics(self.run_dir), "history": self.history,
                    "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss}}
@@ -168,7 +168,7 @@ class BaseTrainer:
     # --- progress bar -------------------------------------------------------------------------
     def init_progress_bar(self, total: int, desc: str = "", **tqdm_kwargs: Any) -> Any:
         """A tqdm bar (closing the previous one); hidden when stderr is not a terminal."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # deferred: start-up time
         if self._bar is not None:
             self._bar.close()
         self._bar = tqdm(**{"total": total, "desc": desc, "leave": False, "disable": None,
@@ -215,7 +215,6 @@ class BaseTrainer:
 
 def _build(recipe: Any, cfg: Any, name: str) -> Run:
     """The run's objects as fit builds them (same order from the same seed), untrained."""
-    from engine.core.devices import resolve_device
     device = resolve_device(cfg.train.device)
     model, loaders, optimizer, schedule = building.build_objects(recipe, cfg, World(), device)
     return Run(recipe=recipe, cfg=cfg, model=model, train_model=model, optimizer=optimizer,

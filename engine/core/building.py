@@ -57,11 +57,7 @@ def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) ->
     seed_everything(cfg.train.seed)
     # the builders see a config that notes which train settings they read (engine.core.reads)
     view, read = reads.recording(cfg)
-    model = call_recipe(recipe, "build_model", view)
-    if not isinstance(model, torch.nn.Module):
-        raise UserError("build_model did not return a torch.nn.Module",
-                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
-                        found=describe_value(model))
+    model = checked_model(recipe, call_recipe(recipe, "build_model", view))
     loaders = prepare_loaders(recipe, call_recipe(recipe, "build_loaders", view), world, device,
                               cfg.train.seed)
     model.to(device)
@@ -69,6 +65,15 @@ def build_objects(recipe: Recipe, cfg: Any, world: Any, device: torch.device) ->
     schedule = build_schedule(recipe, view, optimizer, loaders.train)
     raise_all(reads.unread_errors(recipe, cfg, read))
     return model, loaders, optimizer, schedule
+
+
+def checked_model(recipe: Recipe, model: Any) -> torch.nn.Module:
+    """What build_model returned, if it is an nn.Module; a UserError otherwise."""
+    if not isinstance(model, torch.nn.Module):
+        raise UserError("build_model did not return a torch.nn.Module",
+                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
+                        found=describe_value(model))
+    return model
 
 
 def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:

@@ -37,3 +37,11 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         return torch.device("cpu")
     raise UserError("unknown device", where=where,
                     expected='"auto", "cpu", "cuda", "cuda:N" or "mps"', found=name)
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    """fp16 needs CUDA (its GradScaler); bf16 and fp32 run anywhere."""
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError("fp16 needs a CUDA device", where='train.precision = "fp16"',
+                        expected='"bf16" or "fp32" on this device', found=f"device {device}",
+                        hint='use precision = "bf16" on CPU')

@@ -87,7 +87,7 @@ def wrap(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn
     """The model DistributedDataParallel-wrapped under torchrun; itself otherwise."""
     if not world.active:
         return model
-    from torch.nn.parallel import DistributedDataParallel
+    from torch.nn.parallel import DistributedDataParallel  # deferred: start-up time
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 

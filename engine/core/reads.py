@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import torch
 
+from engine.core import optimizers, schedules
 from engine.core.config import TrainConfig
 from engine.core.errors import UserError
 
@@ -102,7 +103,6 @@ def unread_errors(recipe: Any, cfg: Any, read: set | None) -> list[UserError]:
 @functools.cache
 def known_readers() -> dict[str, tuple[str, ...]]:
     """Which of the engine's own builders read each builder setting (for the hint)."""
-    from engine.core import optimizers, schedules
     found: dict[str, list[str]] = {}
     builders = [("optimizers", optimizers.adam), ("optimizers", optimizers.adamw),
                 ("optimizers", optimizers.sgd_nesterov),

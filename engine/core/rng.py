@@ -34,7 +34,7 @@ def set_rng_state(state: dict) -> None:
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if state.get("numpy") is not None:
-        import numpy as np
+        import numpy as np  # deferred: start-up time
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, np.array(_ints(keys), dtype=np.uint32), pos, has_gauss,
                              cached))

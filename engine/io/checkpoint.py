@@ -7,6 +7,7 @@ weights_only=True)` reads it with no allow-list and nothing in it can run code.
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 import re
@@ -38,7 +39,6 @@ def epoch_files(folder: str | Path) -> list[Path]:
 
 def to_bytes(checkpoint: dict) -> bytes:
     """A checkpoint serialised once, so last.pt, best.pt and epoch files share the bytes."""
-    import io
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     return buffer.getvalue()

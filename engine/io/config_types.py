@@ -86,7 +86,7 @@ def _unresolved_field(cls: type, globalns: dict) -> str | None:
 
 def check_writable_as_toml(cfg: Any, where: Any) -> None:
     """Every value can go into config.toml (a run writes it; `--config` takes it back)."""
-    import tomli_w
+    import tomli_w  # deferred: start-up time
 
     def walk(value: Any, path: tuple) -> None:
         if isinstance(value, dict):

@@ -20,7 +20,7 @@ import torch
 import steps
 from engine.core import distributed, signals
 from engine.core.building import build_objects, check_inputs
-from engine.core.devices import resolve_device
+from engine.core.devices import check_precision, resolve_device
 from engine.core.errors import UserError
 from engine.core.events import listeners
 from engine.core.failures import RecipeRaised
@@ -77,10 +77,7 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
     check_inputs(recipe, cfg)
     world = distributed.from_env()
     device = resolve_device(cfg.train.device, world.local_rank if world.active else None)
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise UserError("fp16 needs a CUDA device", where='train.precision = "fp16"',
-                        expected='"bf16" or "fp32" on this device', found=f"device {device}",
-                        hint='use precision = "bf16" on CPU')
+    check_precision(device, cfg.train.precision)
     world = distributed.init(world, device)
     try:
         # each rank's caller made its own run id: rank 0's names the run on every rank

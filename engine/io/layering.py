@@ -290,5 +290,5 @@ def config_file_layer(path: str | Path) -> Layer:
 
 def to_toml(cfg: Any) -> str:
     """The config as TOML that `--config` takes back."""
-    import tomli_w
+    import tomli_w  # deferred: start-up time
     return tomli_w.dumps(to_dict(cfg))

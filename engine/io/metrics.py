@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.core.state import history_lists
 from engine.io.files import atomic_write_json
 
 # metrics.json keys the writer owns; any other top-level key (a recipe's `baselines`) is kept
@@ -48,7 +49,7 @@ def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
         extra = read_metrics(run_dir)
     data = {k: v for k, v in extra.items() if k not in OWN_KEYS}
     data = {"recipe": recipe, "run_id": run_id, "status": status,
-            "history": {k: list(v) for k, v in history.items()},
+            "history": history_lists(history),
             "best": {"epoch": best_epoch, "val_loss": best_val_loss}, **data}
     if error is not None:
         data["error"] = dict(error)

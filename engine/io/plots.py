@@ -6,6 +6,7 @@ each baseline as a flat dashed line, so a curve can be read against what it has 
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,11 +23,10 @@ def _finite(values: list) -> list:
 
 def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") -> None:
     """Draw the history of a metrics.json dict into `path` (PNG, written atomically)."""
-    import io
 
-    import matplotlib
+    import matplotlib  # deferred: start-up time
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: start-up time
 
     history = metrics.get("history", {})
     epochs = [e + 1 for e in history.get("epoch", [])]   # people read epochs from 1
@@ -85,7 +85,7 @@ def _metric_panels(axes: list, history: Mapping, epochs: list, extra: list, diag
 
 
 def _finish(fig: Any, axes: list, panels: int, cols: int, rows: int, title: str) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred: start-up time
 
     for ax in axes[:panels]:
         ax.set_xlabel("epoch")

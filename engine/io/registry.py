@@ -97,7 +97,7 @@ def find_entry(name: str, path: Path) -> Entry:
 
 def import_recipe(entry: Entry) -> Any:
     """Import the Recipe object an entry names (its module resolved from the file's folder)."""
-    from engine.core.recipe import Recipe
+    from engine.core.recipe import Recipe  # deferred: `list` reads the registry, not torch
 
     module_name, _, attr = entry.import_path.partition(":")
     root = str(entry.file.resolve().parent)
@@ -138,10 +138,23 @@ def resolve(name: str, *, recipes: str | Path | None = None, config_file: str | 
     """
     entry = find_entry(name, find_registry(recipes))
     recipe = import_recipe(entry)
+    layers, _ = layers_for(entry, config_file, sets, base, base_source)
+    return entry, recipe, build_config(recipe.config, layers)
+
+
+def layers_for(entry: Entry, config_file: str | Path | None = None, sets: Sequence[str] = (),
+               base: dict | None = None, base_source: str | None = None
+               ) -> tuple[list[Layer], list[str]]:
+    """The config layers of DESIGN.md 4, lowest first (recipes.toml < base < --config <
+    --set), and where each came from, for `check`'s line."""
     layers = [Layer(entry.defaults, str(entry.file), entry.name)]
+    sources = [f"{entry.file.name} [{entry.name}]"]
     if base is not None:
         layers.append(Layer(base, base_source or "config.toml"))
+        sources.append(base_source or "config.toml")
     if config_file is not None:
         layers.append(config_file_layer(config_file))
+        sources.append(f"--config {config_file}")
     layers += [parse_set(flag) for flag in sets]
-    return entry, recipe, build_config(recipe.config, layers)
+    sources += [f"--set {flag}" for flag in sets]
+    return layers, sources

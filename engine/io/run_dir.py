@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import secrets
 from pathlib import Path
 
@@ -22,6 +23,25 @@ def new_run_id() -> str:
 def runs_root(output_dir: str | Path, recipe: str) -> Path:
     """`{output_dir}/models/{recipe}/runs`: where a recipe's run directories go."""
     return Path(output_dir) / "models" / recipe / "runs"
+
+
+def unwritable(output_dir: str | Path, found: str) -> UserError:
+    """The error of an output directory that cannot be written (one wording everywhere)."""
+    return UserError("the output directory cannot be written",
+                     where=f'train.output_dir = "{output_dir}"',
+                     expected="a folder this user can create files in", found=found)
+
+
+def check_writable(root: str | Path, output_dir: str | Path) -> None:
+    """Fail before anything runs when `root` (a folder under `output_dir`) cannot be made or
+    written; create nothing (each command makes its own folder once its checks passed)."""
+    existing = Path(root)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise unwritable(output_dir, f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise unwritable(output_dir, f"{existing} is not writable by this user")
 
 
 def make_run_dir(output_dir: str | Path, recipe: str) -> tuple[Path, str]:
@@ -39,8 +59,6 @@ def make_run_dir(output_dir: str | Path, recipe: str) -> tuple[Path, str]:
             (run_dir / "checkpoints").mkdir()
             return run_dir, run_id
     except OSError as exc:
-        raise UserError("the output directory cannot be written", where=f"train.output_dir = "
-                        f"\"{output_dir}\"", expected="a folder this user can create files in",
-                        found=f"{exc.strerror or exc} ({exc.filename or root})") from None
+        raise unwritable(output_dir, f"{exc.strerror or exc} ({exc.filename or root})") from None
     raise UserError("no free run id", where=str(root), expected="a new run id",
                     found="100 collisions")

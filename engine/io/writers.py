@@ -21,6 +21,7 @@ from engine.core.events import Event
 from engine.core.state import history_lists
 from engine.io import plot_service, runlog
 from engine.io.files import atomic_write_text
+from engine.io.layering import to_toml
 from engine.io.metrics import write_metrics
 from engine.io.progress import ProgressBar
 
@@ -52,7 +53,6 @@ class MetricsWriter:
     def __call__(self, event: Event, state: Any) -> None:
         run = state.run
         if event is Event.FIT_START:
-            from engine.io.layering import to_toml
             atomic_write_text(run.run_dir / "config.toml", to_toml(run.cfg))
         error = None
         if state.error:

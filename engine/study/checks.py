@@ -13,10 +13,18 @@ from typing import Any
 
 import tomli_w
 
+from engine.core import rng
+from engine.core.building import call_recipe, loader_sizes, seed_everything
+from engine.core.config import to_dict
+from engine.core.devices import resolve_device
 from engine.core.errors import UserError, UserErrors, close_match, raise_all
+from engine.core.preflight import first_batch, forward_error
+from engine.core.recipe import StepContext
+from engine.core.state import COLUMNS
 from engine.io.registry import find_registry, resolve
 from engine.study import spec as specs
 from engine.study.spec import StudySpec
+from engine.study.store import open_storage
 
 
 def value_set(key: str, value: Any) -> str:
@@ -131,15 +139,9 @@ def _value_errors(name: str, args: Any, sets: list, found: dict) -> list[UserErr
 def history_columns(recipe: Any, cfg: Any) -> tuple[str, ...]:
     """The history's columns of a run of `recipe`: the engine's own and `val_<metric>` for
     each metric forward_batch returns on the first validation batch (the RNG is restored)."""
-    import torch
+    import torch  # deferred: start-up time
 
-    import steps
-    from engine.core import rng
-    from engine.core.building import call_recipe, loader_sizes, seed_everything
-    from engine.core.devices import resolve_device
-    from engine.core.preflight import first_batch, forward_error
-    from engine.core.recipe import StepContext
-    from engine.core.state import COLUMNS
+    import steps  # deferred: start-up time
 
     saved = rng.rng_state()
     try:
@@ -197,7 +199,6 @@ def storage_errors(storage: str | None, workers: int) -> list[UserError]:
                           "PORT/DB (or sqlite:///FILE for one worker); without --storage a "
                           "journal file in the study directory", found=storage)]
     try:
-        from engine.study.store import open_storage
         open_storage(storage, None)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -222,7 +223,6 @@ def specify(args: Any, sets: list) -> tuple[StudySpec, Any, Any, Any]:
         errors += _objective_errors(recipe, cfg, *found["objective"])
     raise_all(errors)
     metric, direction = found["objective"]
-    from engine.core.config import to_dict
     rep_key, rep_values = (found["replicate"] if found["replicate"] else
                            (specs.NO_REPLICATE, list(range(args.seeds)) if args.seeds
                             else [cfg.train.seed]))

@@ -127,10 +127,10 @@ def conclusion(data: dict) -> list[str]:
 def write_picture(path: Path, data: dict, curves: dict) -> None:
     """study.png: the objective per configuration with its 95% interval and each run's value;
     the objective's validation curve per configuration, mean and min-max band over replicates."""
-    import matplotlib
+    import matplotlib  # deferred: start-up time
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    import matplotlib.pyplot as plt  # deferred: start-up time
+    import numpy as np  # deferred: start-up time
 
     metric = data["objective"]["metric"]
     configs = data["configurations"]

@@ -199,6 +199,7 @@ def parse_objective(text: str) -> tuple[str, str]:
 
 def distribution(spec: str) -> Any:
     """The Optuna distribution a (checked) SPEC string names."""
+    # deferred: start-up time (imported when first used)
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     _, _, parsed = parse_search(f"x={spec}")
     kind, args = parsed

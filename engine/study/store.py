@@ -25,7 +25,7 @@ PRUNE_STARTUP = 2   # runs of a replicate that finish before the median pruner p
 
 def quiet_optuna() -> Any:
     """Optuna, imported on first use, with its INFO lines off."""
-    import optuna
+    import optuna  # deferred: start-up time
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -34,8 +34,8 @@ def open_storage(url: str, study_dir: Path | None) -> Any:
     """The Optuna storage a study's URL names ("journal": the file in the study directory)."""
     optuna = quiet_optuna()
     if url == "journal":
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages import JournalStorage  # deferred: start-up time
+        from optuna.storages.journal import JournalFileBackend  # deferred: start-up time
         return JournalStorage(JournalFileBackend(str(study_dir / "optuna.journal")))
     for plain in ("postgres://", "postgresql://"):
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the engine ships psycopg2
@@ -109,7 +109,7 @@ def ask_configuration(spec: StudySpec, study: Any, study_dir: Path, number: int)
 def tell_configuration(study: Any, trial_number: int, values: list, pruned: bool) -> None:
     """Tell a configuration's trial its mean objective (or pruned / failed); a trial told
     before (a retried failure) stays as it was told."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # deferred: start-up time
     try:
         if values:
             study.tell(trial_number, sum(values) / len(values))

@@ -13,6 +13,7 @@ SIGTERM from the kernel).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,31 +22,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import UserError
 from engine.io.files import atomic_write_text
-from engine.io.run_dir import new_run_id
+from engine.io.run_dir import check_writable, new_run_id
 from engine.study import claims, store
 from engine.study.spec import StudySpec
 from engine.study.worker import SignalFlag, load, work
 
 
-def _check_writable(root: Path, output_dir: str) -> None:
-    existing = root
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError("the output directory cannot be written",
-                        where=f'train.output_dir = "{output_dir}"',
-                        expected="a folder this user can create files in",
-                        found=f"{existing} is not a writable folder")
-
-
 def create(spec: StudySpec, output_dir: str) -> Path:
     """The new study's directory with study.toml, the trial store and (a grid) its
     configurations; made only once every check has passed."""
-    import tomli_w
+    import tomli_w  # deferred: start-up time
     root = Path(output_dir) / "studies" / spec.recipe
-    _check_writable(root, output_dir)
+    check_writable(root, output_dir)
     root.mkdir(parents=True, exist_ok=True)
     while True:
         study_id = new_run_id()
@@ -75,7 +64,7 @@ def progress(study_dir: Path, spec: StudySpec) -> tuple[int, int, int]:
 
 
 def _bar(study_dir: Path, spec: StudySpec) -> Any:
-    from tqdm import tqdm
+    from tqdm import tqdm  # deferred: start-up time
     ended, _, total = progress(study_dir, spec)
     # stderr not a terminal (a log file, a test): no bar, as for a run's epochs
     return tqdm(total=total, initial=ended, desc="study", unit="run", dynamic_ncols=True,
@@ -85,7 +74,6 @@ def _bar(study_dir: Path, spec: StudySpec) -> Any:
 def _die_with_parent() -> None:
     """In a worker process: SIGTERM when the sweep that started it dies (Linux)."""
     try:
-        import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -137,7 +137,7 @@ class Pruning:
 
     def end(self, outcome: Outcome) -> None:
         """Tell Optuna how the run ended (a value, pruned or failed)."""
-        from optuna.trial import TrialState
+        from optuna.trial import TrialState  # deferred: start-up time
         if outcome.status == "interrupted":
             return   # the resumed run asks a trial of its own
         if outcome.status in COUNTED and outcome.value is not None:

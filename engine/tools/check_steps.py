@@ -8,7 +8,6 @@ raises Outcome (warn or FAIL) or a UserError (FAIL).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,13 +17,18 @@ from engine.core import preflight as pf
 from engine.core import reads
 from engine.core.building import (
     call_recipe,
+    checked_model,
     first_line,
     loader_sizes,
     seed_everything,
     where_in_recipe,
 )
+from engine.core.devices import check_precision, resolve_device
 from engine.core.errors import UserError, UserErrors
 from engine.core.recipe import StepContext
+from engine.io.layering import build_config
+from engine.io.registry import find_entry, find_registry, import_recipe, layers_for
+from engine.io.run_dir import check_writable, runs_root
 
 OVERFIT_STEPS = 25
 OVERFIT_MARGIN = 0.10   # the loss on one fixed batch should fall by at least 10% in 25 steps
@@ -60,7 +64,6 @@ def _bytes(n: float) -> str:
 
 def check_registry(have: dict) -> tuple[str, dict]:
     """registry: the recipe's entry is found in recipes.toml."""
-    from engine.io.registry import find_entry, find_registry
     path = find_registry(have["recipes"])
     entry = find_entry(have["name"], path)
     return f"{path} [{entry.name}]", {"entry": entry}
@@ -68,22 +71,14 @@ def check_registry(have: dict) -> tuple[str, dict]:
 
 def check_recipe(have: dict) -> tuple[str, dict]:
     """recipe: the entry's import path gives a Recipe."""
-    from engine.io.registry import import_recipe
     recipe = import_recipe(have["entry"])
     return f"{have['entry'].import_path} (Recipe '{recipe.name}')", {"recipe": recipe}
 
 
 def check_config(have: dict) -> tuple[str, dict]:
     """config: every layer structures into the recipe's config, keys, types and ranges."""
-    from engine.io.layering import Layer, build_config, config_file_layer, parse_set
     entry, recipe = have["entry"], have["recipe"]
-    layers = [Layer(entry.defaults, str(entry.file), entry.name)]
-    sources = [f"{entry.file.name} [{entry.name}]"]
-    if have["config_file"] is not None:
-        layers.append(config_file_layer(have["config_file"]))
-        sources.append(f"--config {have['config_file']}")
-    layers += [parse_set(flag) for flag in have["sets"]]
-    sources += [f"--set {flag}" for flag in have["sets"]]
+    layers, sources = layers_for(entry, have["config_file"], have["sets"])   # as `run` does
     cfg = build_config(recipe.config, layers)
     view, read = reads.recording(cfg)   # what the builders get: it notes the settings read
     return (f"{recipe.config.__name__} from defaults < {' < '.join(sources)}",
@@ -92,32 +87,18 @@ def check_config(have: dict) -> tuple[str, dict]:
 
 def check_device(have: dict) -> tuple[str, dict]:
     """device: train.device and precision can be had here."""
-    from engine.core.devices import resolve_device
     train = have["cfg"].train
     device = resolve_device(train.device)
-    if train.precision == "fp16" and device.type != "cuda":
-        raise UserError("fp16 needs a CUDA device", where='train.precision = "fp16"',
-                        expected='"bf16" or "fp32" on this device', found=f"device {device}",
-                        hint='use precision = "bf16" on CPU')
+    check_precision(device, train.precision)
     return (f'{device} (train.device = "{train.device}", precision {train.precision})',
             {"device": device})
 
 
 def check_output(have: dict) -> tuple[str, dict]:
     """output dir: the runs folder can be written."""
-    import os
-
-    from engine.io.run_dir import runs_root
     output_dir = have["cfg"].train.output_dir
     root = runs_root(output_dir, have["entry"].name)
-    existing = next(p for p in (root, *root.parents) if p.exists() or p == Path("."))
-    problem = (f"{existing} is a file, not a folder" if not existing.is_dir() else
-               f"{existing} is not writable" if not os.access(existing, os.W_OK | os.X_OK)
-               else None)
-    if problem:   # the same words as `run`; checked without writing anything
-        raise UserError("the output directory cannot be written",
-                        where=f'train.output_dir = "{output_dir}"',
-                        expected="a folder this user can create files in", found=problem)
+    check_writable(root, output_dir)   # the same check and words as `run`, writing nothing
     return f"runs go to {root}/RUN_ID" + ("" if root.exists() else " (created by run)"), {}
 
 
@@ -126,10 +107,7 @@ def check_model(have: dict) -> tuple[str, dict]:
     recipe, cfg = have["recipe"], have["cfg"]
     seed_everything(cfg.train.seed)   # the same weights `run` starts from
     model = call_recipe(recipe, "build_model", have["view"])
-    if not isinstance(model, torch.nn.Module):
-        raise UserError("build_model did not return a torch.nn.Module",
-                        where=where_in_recipe(recipe, "build_model"), expected="an nn.Module",
-                        found=pf.describe_value(model))
+    checked_model(recipe, model)
     model.to(have["device"])
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

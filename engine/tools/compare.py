@@ -79,10 +79,10 @@ def _columns(title: str, rows: dict[str, list[Any]], labels: list[str],
 def plot(path: Path, runs: list[tuple[str, dict]]) -> None:
     """The runs' validation curves overlaid, one panel per validation column (epochs from 1);
     the file is created, never replaced."""
-    import matplotlib
+    import matplotlib  # deferred: start-up time
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # deferred: start-up time
+    from matplotlib.ticker import MaxNLocator  # deferred: start-up time
 
     columns = list(dict.fromkeys(c for _, m in runs for c in m.get("history", {})
                                  if c.startswith("val_")))

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from engine.core.errors import UserError
+from engine.io.layering import read_toml
 from engine.tools.diagnose_rules import RULES, not_learning, plateau
 from engine.tools.diagnose_view import SEVERITIES, Finding, View, best_of, g, view_of
 
@@ -51,7 +52,6 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     _check_shape(metrics_path, metrics)
     train: dict = {}
     if (path / "config.toml").is_file():
-        from engine.io.layering import read_toml
         table = read_toml(path / "config.toml", "run config").get("train", {})
         train = dict(table) if isinstance(table, Mapping) else {}
     return metrics, _with_defaults(train)

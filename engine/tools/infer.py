@@ -20,7 +20,7 @@ from torch.utils.data import default_collate
 from engine.core.building import first_line
 from engine.core.errors import UserError, raise_all
 from engine.core.preflight import describe
-from engine.tools.wire import Fields, Wiring, constructor_params, is_toml_value
+from engine.tools.wire import Fields, Wiring, constructor_params, is_toml_value, shown_fields
 
 VAL_SPLITS = ("val", "valid", "validation", "test")
 RANKING_NAMES = ("score", "scores", "relevance", "relevances", "rank", "ranks", "rating",
@@ -179,7 +179,6 @@ def infer_task(out: Any, fields: Fields, wiring: Wiring, batch_fields: Fields) -
 
 
 def _no_loss(shown: str, target: str, fields: Fields, wiring: Wiring) -> UserError:
-    from engine.tools.wire import shown_fields
     return UserError(
         "cannot tell which loss the model and the data call for", where="forward's output "
         f"{shown}, {target}", expected="integer labels [B] and logits [B, C]; float targets "

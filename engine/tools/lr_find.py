@@ -15,6 +15,7 @@ is about 1/L (L the largest curvature), so min/10 lands within a factor of a few
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -24,8 +25,14 @@ from typing import Any
 import attrs
 import torch
 
+from engine.core.devices import resolve_device
+from engine.core.distributed import World
 from engine.core.errors import UserError, UserErrors
-from engine.io.files import atomic_write_bytes
+from engine.core.preflight import first_batch_check
+from engine.core.recipe import StepContext
+from engine.io.files import atomic_write_bytes, atomic_write_json
+from engine.io.registry import resolve
+from engine.io.run_dir import new_run_id, unwritable
 
 
 @attrs.frozen
@@ -81,8 +88,7 @@ def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
     Each param group keeps its ratio to the first group's rate. The test runs in fp32, without
     clipping; it reads the loss every step (a host sync), which a range test needs to stop.
     """
-    from engine.core.recipe import StepContext
-    from steps import move_to_device, split_output
+    from steps import move_to_device, split_output  # deferred: start-up time
 
     _check_settings(min_lr, max_lr, num_steps, smoothing, diverge_factor)
     device = torch.device(device)
@@ -93,7 +99,7 @@ def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
     avg, best = 0.0, math.inf
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # deferred: start-up time
         bar = tqdm(total=num_steps, desc="lr-find", file=sys.stderr, leave=False)
     model.train()
     batches = _cycle(loader)
@@ -132,9 +138,9 @@ def lr_range_test(model: torch.nn.Module, loader: Iterable, forward_batch: Any,
 
 def plot(result: LRFindResult, path: Path, title: str) -> None:
     """lr_find.png: smoothed (and raw) loss against the rate, log x-axis, suggestion marked."""
-    import matplotlib
+    import matplotlib  # deferred: start-up time
     matplotlib.use("Agg")  # no display; set before pyplot is imported
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: start-up time
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
@@ -153,7 +159,6 @@ def plot(result: LRFindResult, path: Path, title: str) -> None:
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
-        import io
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=100)
         atomic_write_bytes(path, buffer.getvalue())
@@ -162,7 +167,6 @@ def plot(result: LRFindResult, path: Path, title: str) -> None:
 
 
 def _new_folder(root: Path) -> tuple[Path, str]:
-    from engine.io.run_dir import new_run_id
     try:
         root.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
@@ -173,9 +177,7 @@ def _new_folder(root: Path) -> tuple[Path, str]:
                 continue
             return root / run_id, run_id
     except OSError as exc:
-        raise UserError("the output directory cannot be written", where=str(root),
-                        expected="a folder this user can create files in",
-                        found=f"{exc.strerror or exc}") from None
+        raise unwritable(root, f"{exc.strerror or exc}") from None
     raise UserError("no free run id", where=str(root), expected="a new id", found="collisions")
 
 
@@ -195,11 +197,6 @@ def cli(name: str, *, recipes: str | None = None, config_file: str | None = None
         user_frame,
         where_in_recipe,
     )
-    from engine.core.devices import resolve_device
-    from engine.core.distributed import World
-    from engine.core.preflight import first_batch_check
-    from engine.io.files import atomic_write_json
-    from engine.io.registry import resolve
 
     _, recipe, cfg = resolve(name, recipes=recipes, config_file=config_file, sets=sets)
     # built and checked as `run` and `check` build them: seeded, the recipe's mistakes named

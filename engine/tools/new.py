@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from engine.core.errors import UserError, close_match, raise_all
+from engine.io.layering import tomllib
+from engine.io.registry import read_registry
 
 TEMPLATES = Path(__file__).parent / "templates"
 KINDS = ("autoencoder", "ranking", "transformer", "cnn")
@@ -46,7 +48,6 @@ def render(name: str, kind: str) -> tuple[dict[str, str], str]:
 def check_new(name: str, kind: str, registry: Path) -> None:
     """Refuse an unknown kind, a name that is no Python identifier, or one already in use
     (every such mistake at once)."""
-    from engine.io.registry import read_registry
 
     errors = []
     if kind not in KINDS:
@@ -126,7 +127,6 @@ def write_rendered(name: str, modules: dict[str, str], section: str, registry: P
                    source: str) -> Path:
     """Write the rendered `modules` as recipes/NAME/ and append `section` to `registry`; all
     or nothing (`source` names what rendered them, for a section that makes no entry)."""
-    from engine.io.layering import tomllib
     made_registry = not registry.exists()  # a first recipe makes the file
     old = b"" if made_registry else registry.read_bytes()
     new = _appended(old, section)

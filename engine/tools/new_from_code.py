@@ -25,10 +25,14 @@ from typing import Any
 import torch
 
 from engine.core import rng
-from engine.core.errors import UserError, UserErrors, raise_all
-from engine.io.layering import tomllib
+from engine.core.building import first_line
+from engine.core.errors import UserError, UserErrors, close_match, raise_all
+from engine.core.preflight import describe
+from engine.io.layering import parse_set, tomllib
 from engine.tools import check, infer, sizes, wire
+from engine.tools import new as scaffold
 from engine.tools.check_steps import OVERFIT_MARGIN
+from engine.tools.new import _shown
 from engine.tools.render_code import SETTINGS, Plan, config_py, model_py, section
 from engine.tools.render_step import data_py, inferred_lines, init_py
 
@@ -37,7 +41,6 @@ TABLES = ("train", "model", "data")
 
 
 def _sets_by_table(sets: Sequence[str]) -> dict[str, dict]:
-    from engine.io.layering import parse_set
     out: dict[str, dict] = {t: {} for t in TABLES}
     errors = []
     for flag in sets:
@@ -56,8 +59,6 @@ def _sets_by_table(sets: Sequence[str]) -> dict[str, dict]:
 
 def _forward(model: torch.nn.Module, plan_inputs: tuple, fields: wire.Fields,
              n_required: int, where: str) -> Any:
-    from engine.core.building import first_line
-    from engine.core.preflight import describe
     args = [fields.get(k) for _, k in plan_inputs[:n_required]]
     kwargs = {a: fields.get(k) for a, k in plan_inputs[n_required:]}
     model.eval()
@@ -219,11 +220,9 @@ def cli(name: str, model_spec: str, dataset_spec: str, kind: str | None,
         maps: Sequence[str], sets: Sequence[str], registry: Path) -> int:
     """`python -m engine new NAME --model MOD:CLASS --dataset MOD:CLASS` with the recipes.toml
     at `registry`: infer, check, then write (nothing written when a check fails)."""
-    from engine.tools import new as scaffold
     registry = Path(registry)
     kinds = (*scaffold.KINDS, "mlp")
     if kind is not None and kind not in kinds:
-        from engine.core.errors import close_match
         raise UserError(f"unknown kind '{kind}'", where="--kind", expected="one of "
                         + ", ".join(kinds), found=kind, hint=close_match(kind, kinds))
     scaffold.check_new(name, kind if kind in scaffold.KINDS else scaffold.KINDS[0], registry)
@@ -252,7 +251,6 @@ def cli(name: str, model_spec: str, dataset_spec: str, kind: str | None,
 
 
 def _given_rate(sets: Sequence[str]) -> float:
-    from engine.io.layering import parse_set
     value = [parse_set(s).data["train"]["learning_rate"] for s in sets
              if s.split("=", 1)[0].strip() == "train.learning_rate"][-1]
     return float(value)
@@ -263,7 +261,6 @@ def _falls(report: list[str], rate: float) -> str:
 
 
 def _report(plan: Plan, lines: list, probe: list[str], target: Path, registry: Path) -> None:
-    from engine.tools.new import _shown
     print(f"wired {plan.model_cls.__name__} ({plan.model_cls.__module__}) to "
           f"{plan.data.cls.__name__} ({plan.data.cls.__module__}):")
     for line in inferred_lines(plan, probe):

@@ -15,7 +15,7 @@ from engine.tools.render_code import (
     py_value,
     wrap,
 )
-from engine.tools.wire import shown_fields
+from engine.tools.wire import forward_params, shown_fields
 
 
 def _dataset_call(plan: Plan, target: str, extra: str = "") -> str:
@@ -138,7 +138,6 @@ def _step_body(plan: Plan) -> tuple[str, str, str]:
 
 
 def _n_positional(plan: Plan) -> int:
-    from engine.tools.wire import forward_params
     return len(forward_params(plan.model_cls)[0])
 
 

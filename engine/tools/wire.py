@@ -21,6 +21,7 @@ import attrs
 import torch
 
 from engine.core.errors import UserError, close_match, raise_all
+from engine.core.preflight import describe
 
 NO_VALUE = object()   # a parameter without a default (attrs.NOTHING reads badly in messages)
 TOML_SCALARS = (bool, int, float, str)
@@ -208,7 +209,6 @@ def first_of(batch: Fields) -> Fields:
 
 def shown_fields(fields: Fields) -> str:
     """The batch's fields for a message."""
-    from engine.core.preflight import describe
     return ", ".join(f"{fields.shown(n)}: {describe(fields.get(n))}" for n in fields.names)
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from engine.core.config import to_dict
 from engine.core.events import Event
 
 LOG = logging.getLogger("engine")
@@ -74,7 +75,6 @@ class Guarded:
 def flat_config(cfg: Any) -> dict[str, Any]:
     """The config as `{"train.learning_rate": 0.001, ...}` (what MLflow params and TensorBoard
     hparams show); lists as text, None values left out."""
-    from engine.core.config import to_dict
 
     out: dict[str, Any] = {}
 

@@ -17,6 +17,7 @@ busy file itself (up to 20 s per call; a file locked for longer turns the tracke
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -56,7 +57,7 @@ def make(run: Any) -> MlflowRun:
     """The MLflow tracker for a run: its client, experiment and (on resume) its MLflow run."""
     for key, value in _BOUNDS.items():
         os.environ.setdefault(key, value)
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # deferred: start-up time
     # after the import (mlflow sets its level on import): mlflow logs a failed SQL call as an
     # ERROR with its traceback; the tracker's one warning says it instead
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
@@ -86,7 +87,6 @@ def _open_client(client_class: Any, uri: str) -> Any:
     beside the database lets them take turns."""
     if not uri.startswith("sqlite:///"):
         return client_class(tracking_uri=uri)
-    import fcntl
     db = Path(uri[len("sqlite:///"):])
     deadline = time.monotonic() + _FIRST_OPEN_SECONDS
     with open(db.parent / f"{db.name}.lock", "a") as lock:
@@ -137,7 +137,7 @@ class MlflowRun:
             return found.experiment_id
 
     def _start(self, run: Any) -> None:
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param, RunTag  # deferred: start-up time
         # made here, not in make(): a SQLite store opens (and makes its tables) at once, and
         # a failure now reaches train.log
         self.client = _open_client(self.client_class, self.uri)
@@ -169,7 +169,7 @@ class MlflowRun:
         one (a first run, or a store that does not hold that run)."""
         if not earlier:
             return None
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # deferred: start-up time
         try:
             params = _patiently(self.client.get_run, earlier).data.params
         except MlflowException as exc:
@@ -181,7 +181,7 @@ class MlflowRun:
         return dict(params)
 
     def _metrics(self, state: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # deferred: start-up time
         epoch = state.history["epoch"][-1]
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, epoch) for k, v in figures(state).items()]

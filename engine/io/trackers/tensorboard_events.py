@@ -19,7 +19,7 @@ from engine.io.trackers import figures, flat_config
 
 def make(run: Any) -> TensorBoardWriter:
     """The TensorBoard tracker for a run (`train.loggers` names "tensorboard")."""
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter  # deferred: start-up time
     return TensorBoardWriter(SummaryWriter)
 
 
@@ -63,7 +63,7 @@ class TensorBoardWriter:
         self.close()
 
     def _hparams(self, state: Any) -> None:
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # deferred: start-up time
         best = {"best/epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         if state.best_epoch is not None:
             i = list(state.history["epoch"]).index(state.best_epoch)
