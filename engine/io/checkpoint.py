@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import torch
 
+from engine.core.distributed import check_resume_world
 from engine.core.errors import UserError
 from engine.core.nonfinite import load_objects
 from engine.core.state import EpochTotals, LoopState, Run, loop_state_from_dict
@@ -109,6 +110,7 @@ def restore(run: Run, path: str | Path) -> tuple[LoopState, Any]:
     state to restore once the loop starts."""
     data = load(path)
     check_matches(data, path, run.name, run.model)
+    check_resume_world(data, run.world_size, str(path))
     load_objects(run, data)
     state = loop_state_from_dict(data["loop"], run)
     totals = data["loop"].get("totals")
