@@ -108,6 +108,7 @@ def test_sigkill_at_random_moments_then_resume_equals_the_run_left_alone(tmp_pat
     # what a child would import first (matplotlib; torch._dynamo, which the first Adam
     # imports: 2 s) is imported once here, so that the kills land in the run, not in imports
     import matplotlib.pyplot  # noqa: F401
+
     import engine.cli.main  # noqa: F401
     import engine.io.fit  # noqa: F401
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
