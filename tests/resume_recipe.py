@@ -46,6 +46,7 @@ class FaultConfig:
     sleep_ms: int = 0
     signal_at_step: int = -1      # `signalling` sends itself `signal` when this step ends
     signal: str = "SIGTERM"
+    raise_at_step: int = -1       # forward_batch raises RuntimeError at this training step
 
 
 @attrs.frozen
@@ -69,6 +70,7 @@ class Net(nn.Module):
         self.body = nn.Sequential(*layers)
         self.nan_batches = frozenset(cfg.fault.nan_batches)
         self.sleep = cfg.fault.sleep_ms / 1000.0
+        self.raise_at = cfg.fault.raise_at_step
         self.calls = 0   # training batches seen (the preflight forward runs in eval mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,6 +98,8 @@ def forward_batch(model: Net, batch, ctx) -> StepOutput:
     pred = model(x)
     loss = nn.functional.mse_loss(pred, y)
     if model.training:
+        if ctx.step == model.raise_at:
+            raise RuntimeError(f"fault injected at step {ctx.step}")
         if model.sleep:
             time.sleep(model.sleep)
         if model.calls in model.nan_batches:
