@@ -15,6 +15,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,12 +32,16 @@ CAMPAIGN: dict = {}
 
 
 def _child(argv: list[str], slow_fsync_s: float) -> int:
-    """Fork a child running the CLI with `argv`; return its pid."""
+    """Fork a child running the CLI with `argv` (its stdout to /dev/null: the driver's stdout
+    carries the figures); return its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid:
         return pid
     code = 99
     try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         real = os.fsync
 
         def slow(fd):
@@ -115,17 +121,14 @@ def _equal(a, b, where="") -> None:
         assert a == b, f"{a!r} != {b!r} at {where}"
 
 
-def test_sigkill_at_random_moments_then_resume_equals_the_run_left_alone(tmp_path):
-    """20 SIGKILLs at seeded random moments (steps, checkpoint writes, metrics.json writes)
-    of a 14-epoch run with a checkpoint every step,
-    each followed by `--resume RUN_DIR`: no file is ever torn, every resume starts (no exit 2,
-    no failure), and the final last.pt, best.pt, model.pt and metrics.json equal those of the
-    same run left alone, to the bit."""
+def campaign(tmp_path: Path) -> dict:
+    """The reference run, then the run killed KILLS times and resumed after each kill; returns
+    the figures and where both runs are. Runs in a fresh driver process (`__main__` below):
+    forking the pytest process itself could copy a lock another test's thread holds."""
     registry = rr.write_registry(tmp_path, train={
         "epochs": 14, "checkpoint_every_n_steps": 1, "log_every_n_steps": 2},
         fault={"sleep_ms": 12}, model={"width": 64, "depth": 3})
     base = ["run", "tiny", "--recipes", str(registry), "--set", "train.lr_patience=0"]
-    os.environ.update(OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     # what a child would import first (matplotlib; torch._dynamo, which the first Adam
     # imports: 2 s) is imported once here, so that the kills land in the run, not in imports
     import matplotlib.pyplot  # noqa: F401
@@ -140,7 +143,9 @@ def test_sigkill_at_random_moments_then_resume_equals_the_run_left_alone(tmp_pat
 
     out = tmp_path / "killed"
     pid, started = _child([*base, "--output-dir", str(out)], 0.004), time.time()
+    deadline = time.monotonic() + 60
     while not (rr.run_dirs(out) and (rr.run_dirs(out)[0] / "checkpoints/last.pt").exists()):
+        assert not _ended(pid) and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.005)
     (run_dir,) = rr.run_dirs(out)
     draw = random.Random(SEED)
@@ -174,15 +179,31 @@ def test_sigkill_at_random_moments_then_resume_equals_the_run_left_alone(tmp_pat
             "loop"]["step"])
         pid, started = _child([*base, "--resume", str(run_dir)], 0.004), time.time()
     final = _wait(pid) if not exits else exits[-1]
-    CAMPAIGN.update(kills=kills, kills_during_writes=len(in_writes),
-                    resumes_that_trained=max(len(set(steps)) - 1, 0),
-                    files_being_written=sorted(set(in_writes)), torn=torn,
-                    files_checked=files_read, resumes=kills, last_pt_steps=steps)
-    print("\nfault campaign:", json.dumps(CAMPAIGN))
-    assert final == 0 and torn == []
-    assert kills == KILLS, CAMPAIGN   # the run outlived every kill planned
-    assert len(in_writes) >= KILLS // 4, CAMPAIGN   # it did kill writes, not only steps
-    assert steps == sorted(steps)         # never lost a checkpoint already written
+    return dict(final=final, run_dir=str(run_dir), reference=str(reference), kills=kills,
+                kills_during_writes=len(in_writes),
+                resumes_that_trained=max(len(set(steps)) - 1, 0),
+                files_being_written=sorted(set(in_writes)), torn=torn,
+                files_checked=files_read, resumes=kills, last_pt_steps=steps)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_the_run_left_alone(tmp_path):
+    """20 SIGKILLs at seeded random moments (steps, checkpoint writes, metrics.json writes) of
+    a 14-epoch run with a checkpoint every step, each followed by `--resume RUN_DIR`: no file
+    is ever torn, every resume starts (no exit 2, no failure), and the final last.pt, best.pt,
+    model.pt and metrics.json equal those of the same run left alone, to the bit."""
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], cwd=tmp_path,
+                          env=rr.subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    CAMPAIGN.update(figures)
+    print("\nfault campaign:", json.dumps(figures))
+    run_dir, reference = Path(figures["run_dir"]), Path(figures["reference"])
+    assert figures["final"] == 0 and figures["torn"] == []
+    assert figures["kills"] == KILLS, figures   # the run outlived every kill planned
+    assert figures["kills_during_writes"] >= KILLS // 4, figures   # writes were killed too
+    steps = figures["last_pt_steps"]
+    assert steps == sorted(steps)   # never lost a checkpoint already written
     assert _files_whole(run_dir)[1] == []
     assert not list(run_dir.rglob("*.tmp"))
 
@@ -235,3 +256,7 @@ def test_a_thousand_epochs_keep_memory_flat():
     print("\nmemory:", json.dumps(CAMPAIGN))
     assert rss1000 <= rss100 * 1.05, (rss100, rss1000)
     assert py1000 - py100 < 400_000, py1000 - py100
+
+
+if __name__ == "__main__":
+    print(json.dumps(campaign(Path(sys.argv[1]))))
