@@ -30,6 +30,7 @@ class Probe:
     sleep_per_step: float = 0.0  # slows training down, for the stop-signal test
     nan_rank: int = -1           # this rank's loss is NaN ...
     nan_step: int = -1           # ... at this optimizer step
+    signal_step: int = -1        # `deciding`: rank 0 sends itself SIGTERM when this step ends
 
 
 @attrs.frozen
@@ -98,3 +99,41 @@ def dump_weights(event, state) -> None:
 recipe = Recipe(name="ddp_probe", config=ProbeConfig, build_model=_build_model,
                 build_loaders=build_loaders, forward_batch=forward_batch,
                 build_scheduler=None, callbacks=(dump_weights,))
+
+
+@listens_to(Event.FIT_END)
+def dump_decisions(event, state) -> None:
+    """Each rank writes what it decided (history, learning rate, where and why it stopped)."""
+    folder = state.run.cfg.probe.dump_dir
+    if folder:
+        import json
+        decided = {"history": {k: list(v) for k, v in state.history.items()},
+                   "lr": state.run.optimizer.param_groups[0]["lr"], "epoch": state.epoch,
+                   "status": state.status, "best_epoch": state.best_epoch,
+                   "bad_validations": state.bad_validations}
+        path = Path(folder) / f"rank{state.run.rank}.json"
+        path.write_text(json.dumps(decided, default=str))
+
+
+@listens_to(Event.STEP_END)
+def signal_self(event, state) -> None:
+    if state.run.rank == 0 and state.step == state.run.cfg.probe.signal_step:
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _uneven_loaders(cfg: ProbeConfig) -> Loaders:
+    """The probe's data with the odd samples (rank 1's shard) made noisier, so that the ranks'
+    own validation losses differ and only reduced figures give them the same decisions."""
+    loaders = build_loaders(cfg)
+    for dataset in (loaders.train.dataset, loaders.val.dataset):
+        dataset.tensors[1][1::2] *= 3.0
+    return loaders
+
+
+# the probe with the default scheduler (ReduceLROnPlateau on the validation loss), early
+# stopping from the config, uneven data per rank, and the decisions of every rank dumped
+deciding = attrs.evolve(recipe, build_loaders=_uneven_loaders,
+                        build_scheduler=attrs.fields(Recipe).build_scheduler.default,
+                        callbacks=(dump_weights, dump_decisions, signal_self))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from engine import Loaders, Recipe, StepOutput, TrainConfig
+from engine import Event, Loaders, Recipe, StepOutput, TrainConfig, listens_to
 from engine.io.layering import build_config, parse_set
 
 
@@ -44,6 +44,9 @@ class DataConfig:
 class FaultConfig:
     nan_batches: list[int] = attrs.Factory(list)
     sleep_ms: int = 0
+    signal_at_step: int = -1      # `signalling` sends itself `signal` when this step ends
+    signal: str = "SIGTERM"
+    raise_at_step: int = -1       # forward_batch raises RuntimeError at this training step
 
 
 @attrs.frozen
@@ -67,6 +70,7 @@ class Net(nn.Module):
         self.body = nn.Sequential(*layers)
         self.nan_batches = frozenset(cfg.fault.nan_batches)
         self.sleep = cfg.fault.sleep_ms / 1000.0
+        self.raise_at = cfg.fault.raise_at_step
         self.calls = 0   # training batches seen (the preflight forward runs in eval mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +98,8 @@ def forward_batch(model: Net, batch, ctx) -> StepOutput:
     pred = model(x)
     loss = nn.functional.mse_loss(pred, y)
     if model.training:
+        if ctx.step == model.raise_at:
+            raise RuntimeError(f"fault injected at step {ctx.step}")
         if model.sleep:
             time.sleep(model.sleep)
         if model.calls in model.nan_batches:
@@ -104,6 +110,19 @@ def forward_batch(model: Net, batch, ctx) -> StepOutput:
 
 recipe = Recipe(name="tiny", config=TinyConfig, build_model=build_model,
                 build_loaders=build_loaders, forward_batch=forward_batch)
+
+
+@listens_to(Event.STEP_END)
+def send_signal(event, state) -> None:
+    """The process signals itself when step `fault.signal_at_step` ends: a stop at a known
+    step, whatever the machine's speed."""
+    fault = state.run.cfg.fault
+    if state.step == fault.signal_at_step:
+        import signal
+        os.kill(os.getpid(), getattr(signal, fault.signal))
+
+
+signalling = attrs.evolve(recipe, callbacks=(send_signal,))
 
 
 def make_cfg(*sets: str) -> TinyConfig:
@@ -118,14 +137,16 @@ def make_cfg(*sets: str) -> TinyConfig:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_registry(folder: Path, **tables: dict) -> Path:
+def write_registry(folder: Path, recipe_path: str = "resume_recipe:recipe",
+                   **tables: dict) -> Path:
     """A recipes.toml in `folder` with `tiny` (and `other`, the same recipe under another key)
-    over small CPU defaults; `tables` (train=..., model=..., fault=...) override them."""
+    over small CPU defaults; `tables` (train=..., model=..., fault=...) override them;
+    `recipe_path` is the Recipe's import path (`resume_recipe:signalling`)."""
     import tomli_w
 
     train = {"device": "cpu", "batch_size": 8, "epochs": 3, "early_stopping_patience": 0,
              "learning_rate": 0.01, **tables.pop("train", {})}
-    entry = {"recipe": "resume_recipe:recipe", "train": train, **tables}
+    entry = {"recipe": recipe_path, "train": train, **tables}
     path = folder / "recipes.toml"
     path.write_text(tomli_w.dumps({"tiny": entry, "other": dict(entry)}), encoding="utf-8")
     return path

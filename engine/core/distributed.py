@@ -192,3 +192,30 @@ def no_sync(model: torch.nn.Module, accumulating: bool) -> Any:
     if accumulating and hasattr(model, "no_sync"):
         return model.no_sync()
     return contextlib.nullcontext()
+
+
+def check_resume_world(checkpoint: dict, world_size: int, where: str) -> None:
+    """A mid-epoch checkpoint resumes only with the number of processes that wrote it.
+
+    Its epoch's data order and the batches already trained are those of that many shards (the
+    DistributedSampler splits the epoch by the world size), so another number would train some
+    samples twice and others never. An epoch-end checkpoint (loop.batch == 0) resumes with any
+    number. A checkpoint that does not say (older files) is taken as it is.
+    """
+    saved = checkpoint.get("world_size")
+    loop = checkpoint.get("loop") or {}
+    mid_epoch = isinstance(loop, dict) and int(loop.get("batch") or 0) > 0
+    if not mid_epoch or not isinstance(saved, int) or isinstance(saved, bool):
+        return
+    if saved != world_size:
+        def processes(n: int) -> str:
+            return f"{n} process" + ("es" if n != 1 else "")
+        raise UserError(
+            "the checkpoint was written mid-epoch by another number of processes",
+            where=where, expected=f"a resume with {processes(saved)} (as the checkpoint was "
+            "written), or from an epoch-end checkpoint",
+            found=f"a checkpoint written by {processes(saved)} at epoch "
+            f"{int(loop.get('epoch', 0)) + 1}, batch {int(loop.get('batch', 0))}, resumed with "
+            f"{processes(world_size)}",
+            hint=f"resume with torchrun --nproc_per_node={saved}" if saved > 1 else
+            "resume in one process (without torchrun)")

@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 import torch
 
+from engine.core.distributed import check_resume_world
 from engine.core.errors import UserError
 from engine.core.state import EpochTotals, LoopState, Run, loop_state_from_dict
 from engine.io.checkpoint_checks import check_entries, check_fits
@@ -130,6 +131,7 @@ def restore(run: Run, path: str | Path) -> tuple[LoopState, Any]:
     check_matches(data, path, run.name, run.model)
     check_entries(data, path)
     check_fits(data, path, run.model, run.optimizer)
+    check_resume_world(data, run.world_size, str(path))
     run.model.load_state_dict(data["model"])
     run.optimizer.load_state_dict(data["optimizer"])
     _restore_optional(run, data, path)

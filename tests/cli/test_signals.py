@@ -1,6 +1,7 @@
 """Stops from outside, through `python -m engine run` in a subprocess.
 
-- SIGTERM: exit 130, status `interrupted`, a resumable last.pt; `--resume` finishes (exit 0).
+- SIGTERM or SIGINT at a known step: the stop lands within one step, mid-epoch; exit 130,
+  status `interrupted`, a resumable last.pt; `--resume` finishes (exit 0).
 - A second signal during the stop stops at once and still leaves valid files.
 - SIGKILL at several moments (before the first checkpoint, during a step, during a checkpoint
   write), each followed by `--resume`: every file parses, and the final weights, optimizer
@@ -89,23 +90,28 @@ def load(path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_with_130_and_resume_finishes(tmp_path):
-    """SIGTERM mid-run: exit 130, status interrupted, last.pt written and resumable; --resume
-    exits 0 with status completed and the whole history."""
-    registry = rr.write_registry(tmp_path, fault={"sleep_ms": 40})
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_within_one_step_with_130_and_resume_finishes(tmp_path, name):
+    """The run signals itself when step 7 ends (epoch 2 of 3, 5 steps an epoch): exit 130,
+    status interrupted, and last.pt holds the state one step later at most, inside epoch 2
+    (epoch 1, batch 2 or 3: not the epoch's end); --resume exits 0, completed, with the whole
+    history, in the same run directory."""
+    k = 7
+    registry = rr.write_registry(tmp_path, "resume_recipe:signalling",
+                                 fault={"signal_at_step": k, "signal": name})
     proc = start(tmp_path, registry, tag="first")
-    assert wait_until(started(tmp_path, "first"), proc)
-    time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
     assert finish(proc) == 130, output(tmp_path, "first")
     (run,) = rr.run_dirs(tmp_path / "artifacts")
     assert "--resume" in output(tmp_path, "first")[1]
     assert metrics(run)["status"] == "interrupted"
-    saved = load(run / "checkpoints" / "last.pt")
-    assert saved["loop"]["step"] >= 1 and saved["loop"]["epoch"] < 3
+    saved = load(run / "checkpoints" / "last.pt")["loop"]
+    assert saved["step"] in (k, k + 1), saved
+    assert saved["epoch"] == 1 and saved["batch"] == saved["step"] - 5, saved
+    assert metrics(run)["history"]["epoch"] == [0]
     rr.check_files_parse(run)
 
-    assert resume_here(registry, run) == 0
+    assert main(["run", "tiny", "--recipes", str(registry), "--resume", str(run),
+                 "--set", "fault.signal_at_step=-1"]) == 0
     assert metrics(run)["status"] == "completed"
     assert metrics(run)["history"]["epoch"] == [0, 1, 2]
     assert load(run / "checkpoints" / "last.pt")["loop"]["epoch"] == 3

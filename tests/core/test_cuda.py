@@ -1,7 +1,7 @@
 """The CUDA path: bf16, fp16 with a GradScaler, torch.compile, pinned memory with non-blocking
 copies, and NCCL through torchrun. Skipped where no CUDA device is present.
 
-    python -m pytest tests/test_cuda.py -s     # -s shows the fp32 / bf16 step times
+    python -m pytest tests/core/test_cuda.py -s     # -s shows the fp32 / bf16 step times
 """
 
 from __future__ import annotations
@@ -44,16 +44,34 @@ def test_bf16_on_cuda_learns():
 
 
 def test_fp16_uses_a_grad_scaler_and_learns(tmp_path):
-    """fp16 on CUDA: a GradScaler scales the loss; its state goes into the checkpoints."""
+    """fp16 on CUDA: forward_batch's output is float16 under autocast, and the GradScaler took
+    part in the optimizer steps: update() after each step either grew its growth tracker (the
+    steps since the last overflow) or, on an overflow, halved the scale from 2**16; a scaler
+    created and never used keeps tracker 0 and scale 2**16. last.pt holds that state."""
+    dtypes = []
+
+    def recording(model, batch, ctx):
+        if ctx.training:
+            dtypes.append(model(batch[0]).dtype)
+        return recipe.forward_batch(model, batch, ctx)
+
     seen, capture = capture_run()
-    result = fit(recipe, cuda_cfg(precision="fp16"), run_dir=tmp_path / "run",
+    cfg = cuda_cfg(precision="fp16")
+    result = fit(attrs.evolve(recipe, forward_batch=recording), cfg, run_dir=tmp_path / "run",
                  callbacks=(capture,))
-    scaler = seen[Event.FIT_END].run.scaler
-    assert isinstance(scaler, torch.amp.GradScaler) and scaler.get_scale() > 0
+    state = seen[Event.FIT_END]
+    scaler = state.run.scaler
+    assert isinstance(scaler, torch.amp.GradScaler)
+    assert set(dtypes) == {torch.float16}
+    steps_taken = state.step
+    assert steps_taken == 5 * (128 // 8)
+    tracker, scale = scaler._get_growth_tracker(), scaler.get_scale()
+    # update() ran: the steps since the last overflow (if any) grew the tracker
+    assert 0 < tracker <= steps_taken and scale <= 2.0 ** 16, (tracker, scale)
     losses = result.history["train_loss"]
     assert result.status == "completed" and losses[-1] < 0.8 * losses[0]
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
-    assert last["scaler"] is not None and last["scaler"]["scale"] > 0
+    assert last["scaler"]["_growth_tracker"] == tracker and last["scaler"]["scale"] == scale
 
 
 def test_pinned_memory_and_batches_on_the_device():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import TrainConfig, fit
+from engine import TrainConfig, UserError, fit
 from engine.core.distributed import World, from_env, shard
 from tests.ddp_recipe import Probe, ProbeConfig, build_model
 from tests.ddp_recipe import recipe as probe_recipe
@@ -190,12 +190,115 @@ def test_sigterm_to_torchrun_interrupts_with_resumable_checkpoint(tmp_path):
     assert metrics["status"] == "interrupted", (metrics["status"], stderr[-2000:])
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     done = last["loop"]["epoch"]
-    assert 0 < done < 40
+    assert 0 < done < 40 and last["world_size"] == 2
     cfg = ProbeConfig(train=TrainConfig(epochs=done + 2, batch_size=8, learning_rate=1e-2,
                                         device="cpu"))
-    resumed = fit(probe_recipe, cfg, resume=run_dir / "checkpoints" / "last.pt")
-    assert resumed.status == "completed"
-    assert resumed.history["epoch"][-1] == done + 1
+    if last["loop"]["batch"] > 0:
+        # mid-epoch: its data order is that of 2 shards; one process is refused (exit 2)
+        with pytest.raises(UserError, match="2 processes"):
+            fit(probe_recipe, cfg, resume=run_dir / "checkpoints" / "last.pt")
+    else:
+        resumed = fit(probe_recipe, cfg, resume=run_dir / "checkpoints" / "last.pt")
+        assert resumed.status == "completed"
+        assert resumed.history["epoch"][-1] == done + 1
+
+
+DECIDE = """\
+[ddp_decide]
+recipe = "tests.ddp_recipe:deciding"
+
+[ddp_decide.train]
+epochs = 30
+batch_size = 8
+learning_rate = 0.1
+device = "cpu"
+lr_patience = 0
+lr_decay_factor = 0.5
+early_stopping_patience = 3
+log_every_n_steps = 1
+"""
+
+
+def _decide_registry(tmp_path: Path) -> str:
+    path = tmp_path / "decide.toml"
+    path.write_text(DECIDE)
+    return str(path)
+
+
+def _val_loss_on_shard(weights: dict, rank: int) -> float:
+    from tests.ddp_recipe import _uneven_loaders
+    model = build_model(ProbeConfig())
+    model.load_state_dict(weights)
+    x, y = _uneven_loaders(ProbeConfig(train=TrainConfig(batch_size=8))).val.dataset.tensors
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(model(x[rank::2]), y[rank::2]))
+
+
+def test_every_rank_takes_the_same_decisions(tmp_path):
+    """Two ranks whose shards differ (rank 1's targets are 3x noisier), ReduceLROnPlateau with
+    lr_patience 0 and early stopping with patience 3: every rank ends with the same history,
+    learning rate, stop epoch and status (each rank's own record, written from FIT_END), and
+    the run did cut the rate and stop early, so the decisions were made, not defaulted."""
+    out, dump = tmp_path / "out", tmp_path / "dump"
+    dump.mkdir()
+    proc = torchrun(tmp_path, "run", "ddp_decide", "--recipes", _decide_registry(tmp_path),
+                    "--set", f'probe.dump_dir="{dump}"', "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((dump / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    assert rank0["status"] == "early_stopped" and rank0["epoch"] < 30
+    assert rank0["lr"] < 0.1 and min(rank0["history"]["learning_rate"]) < 0.1
+    (run_dir,) = run_dirs(out, "ddp_decide")
+    assert json.loads((run_dir / "metrics.json").read_text())["history"] == rank0["history"]
+    # the ranks' own validation losses differ: alone, they would not decide alike
+    weights = torch.load(dump / "rank0.pt", weights_only=True)
+    assert _val_loss_on_shard(weights, 1) > 2 * _val_loss_on_shard(weights, 0)
+
+
+def test_a_two_rank_run_stopped_mid_epoch_resumes_to_the_run_left_alone(tmp_path):
+    """Rank 0 signals itself when step 9 ends (4 steps an epoch): both ranks stop at a step
+    boundary inside epoch 3 (last.pt: world_size 2, loop.batch > 0). One process is refused
+    (exit 2); the same torchrun command with --resume ends with the weights (torch.equal, on
+    both ranks), history, learning rate and decisions of the same 2-rank run left alone."""
+    registry, sets = _decide_registry(tmp_path), ("--set", "train.epochs=5", "--set",
+                                                   "train.early_stopping_patience=0")
+    ref_out, ref_dump, dump = tmp_path / "ref", tmp_path / "ref-dump", tmp_path / "dump"
+    ref_dump.mkdir()
+    dump.mkdir()
+    proc = torchrun(tmp_path, "run", "ddp_decide", "--recipes", registry, *sets, "--set",
+                    f'probe.dump_dir="{ref_dump}"', "--output-dir", str(ref_out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    out = tmp_path / "out"
+    proc = torchrun(tmp_path, "run", "ddp_decide", "--recipes", registry, *sets,
+                    "--set", "probe.signal_step=9", "--output-dir", str(out))
+    assert proc.returncode != 0
+    (run_dir,) = run_dirs(out, "ddp_decide")
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert last["world_size"] == 2 and last["loop"]["epoch"] == 2
+    assert last["loop"]["step"] in (9, 10) and last["loop"]["batch"] > 0
+
+    from tests.ddp_recipe import deciding
+    cfg = ProbeConfig(train=TrainConfig(epochs=5, batch_size=8, learning_rate=0.1,
+                                        device="cpu", lr_patience=0, lr_decay_factor=0.5))
+    with pytest.raises(UserError, match="2 processes"):
+        fit(deciding, cfg, resume=run_dir / "checkpoints" / "last.pt", name="ddp_decide")
+
+    proc = torchrun(tmp_path, "run", "ddp_decide", "--recipes", registry, *sets,
+                    "--set", f'probe.dump_dir="{dump}"', "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        resumed = torch.load(dump / f"rank{r}.pt", weights_only=True)
+        reference = torch.load(ref_dump / f"rank{r}.pt", weights_only=True)
+        for key in reference:
+            assert torch.equal(resumed[key], reference[key]), (r, key)
+        assert (json.loads((dump / f"rank{r}.json").read_text())
+                == json.loads((ref_dump / f"rank{r}.json").read_text()))
+    (ref_dir,) = run_dirs(ref_out, "ddp_decide")
+    m, ref = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, ref_dir))
+    assert m["status"] == ref["status"] == "completed"
+    assert (m["history"], m["best"]) == (ref["history"], ref["best"])
 
 
 def test_world_from_env_and_val_shards(monkeypatch):
@@ -213,7 +316,6 @@ def test_world_from_env_and_val_shards(monkeypatch):
         for (x,) in shard(loader, World(rank=rank, world_size=3), 0, "val"):
             seen += x.tolist()
     assert sorted(seen) == list(range(10))
-    from engine.core.errors import UserError
     tiny = DataLoader(TensorDataset(torch.arange(2)), batch_size=4)
     with pytest.raises(UserError, match="smaller than the number of processes"):
         shard(tiny, World(rank=0, world_size=3), 0, "val")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -127,11 +128,15 @@ def test_fit_is_pure_and_runs_do_not_interfere(val_losses, patience):
     interfere (the same config gives the same weights before and after another run)."""
     cfg = make_cfg(val_losses, early_stopping_patience=patience)
     other = make_cfg([0.5, 0.4], learning_rate=0.05, n_train=6)
-    before = (attrs.asdict(cfg), recipe)
+    # snapshots taken now (the records are frozen, but a field can be forced or a list inside
+    # mutated: compare with copies, not with the same objects)
+    cfg_before = copy.deepcopy(attrs.asdict(cfg))
+    recipe_before = dict(attrs.asdict(recipe, recurse=False))
     first = fit(recipe, cfg)
     fit(recipe, other)
     again = fit(recipe, cfg)
-    assert (attrs.asdict(cfg), recipe) == before
+    assert attrs.asdict(cfg) == cfg_before
+    assert attrs.asdict(recipe, recurse=False) == recipe_before
     for key, tensor in first.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[key])
     assert first.history == again.history

@@ -6,7 +6,12 @@ counter during a fit. With `log_every_n_steps = K`, a fit of 4N steps must make 
 such calls than a fit of N steps (a few per read), not 3N (one or more per step).
 
 The test recipe trains with SGD: torch's Adam reads its CPU step counter with `.item()` on every
-step (a host value, not a device sync), which would hide the engine's own count.
+step (a host value, not a device sync), which would hide the engine's own count. That the
+counter is live is shown through fit itself (`nan_policy = "skip"` must add one read a step).
+
+On CUDA, `test_ranking_v2_steps_make_no_sync_on_cuda` runs a real recipe with its writers under
+`torch.cuda.set_sync_debug_mode("error")`: any synchronizing call inside the epoch's steps
+raises.
 """
 
 from __future__ import annotations
@@ -79,22 +84,6 @@ def syncs_during_fit(steps: int, log_every: int, **train) -> collections.Counter
     return counts
 
 
-def test_the_counter_sees_a_sync():
-    # the wrappers are live: a per-step `if torch.isfinite(loss)` would be counted
-    counts: collections.Counter = collections.Counter()
-    original = torch.Tensor.__bool__
-
-    def wrapper(self):
-        counts["__bool__"] += 1
-        return original(self)
-
-    with mock.patch.object(torch.Tensor, "__bool__", wrapper):
-        for _ in range(5):
-            if torch.isfinite(torch.tensor(1.0)):
-                pass
-    assert counts["__bool__"] == 5
-
-
 @pytest.mark.parametrize("log_every", [5, 20])
 def test_host_reads_grow_with_log_intervals_not_steps(log_every):
     n = 40
@@ -120,3 +109,31 @@ def test_default_nan_policy_does_not_check_each_step():
     stop = syncs_during_fit(80, 1000, nan_policy="stop")
     skip = syncs_during_fit(80, 1000, nan_policy="skip")
     assert sum(skip.values()) - sum(stop.values()) >= 80, (stop, skip)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ranking_v2_steps_make_no_sync_on_cuda(tmp_path):
+    """ranking_v2 (reduced) with a run directory, so its writers and recipe callbacks observe:
+    from each epoch's start to its last step, CUDA's sync debug mode is "error", so a `.item()`,
+    a `bool(tensor)` or a blocking copy anywhere in the loop, the step or an observer raises.
+    The epoch-end read (one sync by design) and validation run in the default mode."""
+    from engine import Event, listens_to
+    from engine.io.layering import Layer, build_config, parse_set
+    from recipes.ranking_v2 import recipe as ranking
+
+    @listens_to(Event.EPOCH_START, Event.STEP_END)
+    def strict(event, state):
+        last = state.batch >= len(state.run.loaders.train)
+        torch.cuda.set_sync_debug_mode(0 if event is Event.STEP_END and last else "error")
+
+    sets = ["train.epochs=2", "train.batch_size=32", 'train.device="cuda"',
+            "train.log_every_n_steps=1000", "model.hidden_dim=32", "model.ff_dim=64",
+            "data.synthetic_datasets=200", "data.synthetic_models=20"]
+    cfg = build_config(ranking.config, [Layer({"train": {"output_dir": str(tmp_path)}}, "t"),
+                                        *(parse_set(s) for s in sets)])
+    try:
+        result = fit(ranking, cfg, run_dir=tmp_path / "run", callbacks=(strict,))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert result.status == "completed" and result.state.step > 4

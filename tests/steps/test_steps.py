@@ -70,6 +70,8 @@ def test_train_step_alone_learns():
 
 
 def test_move_to_device_keeps_structure():
+    """Every tensor inside dicts, lists and attrs records reaches the device (meta: a real move
+    off the CPU), the containers' shape and the non-tensors stay."""
     import attrs
 
     @attrs.frozen
@@ -78,8 +80,13 @@ def test_move_to_device_keeps_structure():
         b: list
 
     batch = {"x": torch.ones(2), "pair": Pair(torch.zeros(1), [torch.ones(3), 5]), "t": (1, "s")}
-    moved = steps.move_to_device(batch, torch.device("cpu"))
+    moved = steps.move_to_device(batch, torch.device("meta"))
     assert moved["pair"].b[1] == 5 and moved["t"] == (1, "s")
+    assert isinstance(moved["pair"], Pair) and isinstance(moved["pair"].b, list)
+    assert [(p, t.device.type, tuple(t.shape)) for p, t in steps.iter_tensors(moved)] == [
+        ("batch['x']", "meta", (2,)), ("batch['pair'].a", "meta", (1,)),
+        ("batch['pair'].b[0]", "meta", (3,))]
+    assert batch["x"].device.type == "cpu"   # the loader's batch is left as it was
     assert steps.batch_size_of(batch) == 2
     assert [p for p, _ in steps.iter_tensors(batch)] == [
         "batch['x']", "batch['pair'].a", "batch['pair'].b[0]"]

@@ -4,8 +4,10 @@ code 0 only without a FAIL, nothing written, the RNG left as it was; and the pie
 
 from __future__ import annotations
 
+import copy
 import re
 
+import attrs
 import pytest
 import torch
 from bad_recipes import write_registry
@@ -16,7 +18,11 @@ from engine.core.errors import UserError
 from engine.tools import check as checks
 
 LINE = re.compile(r"^(ok|warn|FAIL|skip) *  (.{12})  (.+)$")
-NAMES = [name for name, _, _ in checks.CHECKS]
+# the checks `check` promises, in order: written out here, not read from the implementation,
+# so that a check dropped from (or reordered in) engine.tools.check fails every test below
+NAMES = ["registry", "recipe", "config", "device", "output dir", "model", "loaders",
+         "train batch", "val batch", "batch values", "batch device", "dataset[0]", "forward",
+         "loss", "gradients", "optimizer", "scheduler", "overfit", "memory"]
 
 
 @pytest.fixture
@@ -49,6 +55,8 @@ def test_autoencoder_passes_and_leaves_no_trace(project, capsys):
     before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
     assert "recipes.toml" in before
     recipe_fields = {k: getattr(ae, k) for k in ("name", "config", "build_model", "callbacks")}
+    # a copy of the config's defaults, not the frozen record compared with itself afterwards
+    defaults = copy.deepcopy(attrs.asdict(ae.config()))
     rng = torch.get_rng_state()
     torch.manual_seed(123)
     expected_next = torch.rand(3)
@@ -64,6 +72,7 @@ def test_autoencoder_passes_and_leaves_no_trace(project, capsys):
     after = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
     assert [p for p in after if "__pycache__" not in p] == before
     assert {k: getattr(ae, k) for k in recipe_fields} == recipe_fields
+    assert attrs.asdict(ae.config()) == defaults
     assert re.search(r"Sequential: 18,760 parameters, 18,760 trainable", lines["model"][1])
     assert lines["train batch"][1] == "[float32[16, 64]]"
     assert "4 batches/epoch (52 samples, batch_size 16" in lines["loaders"][1]

@@ -302,9 +302,6 @@ def test_cli_exit_codes(tmp_path):
     non-run."""
     folder = write_run(tmp_path / "r", run(DECAY, DECAY))
     proc = python_m_engine(["diagnose", str(folder), "--json"], tmp_path)
-    if proc.returncode != 0 and ("invalid choice" in proc.stderr
-                                 or "No module named engine.__main__" in proc.stderr):
-        pytest.skip("the CLI does not wire diagnose yet")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)[0]["code"] == "healthy"
     proc = python_m_engine(["diagnose", str(tmp_path / "nope")], tmp_path)
