@@ -43,6 +43,9 @@ class Run:
     # metrics.json's top-level entries beyond the engine's own (a study's `study` block, a
     # recipe's `baselines`), in memory: the metrics writer writes them with every rewrite
     metrics_extra: dict = attrs.field(factory=dict, eq=False)
+    # the run's file writer (engine.io.file_writer.FileWriter): the files of its run
+    # directory, written off the training path; None without one (or off rank 0)
+    files: Any = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any
 
 import attrs
 import torch
@@ -22,7 +21,6 @@ from engine.core.config import to_dict
 from engine.core.failures import TrainingFailed
 from engine.core.state import LoopState, Run, loop_state_dict
 from engine.io import checkpoint as ckpt
-from engine.io.files import atomic_torch_save
 
 
 def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool) -> dict:
@@ -61,10 +59,14 @@ class RunDirCheckpointer:
     (a full disk, a folder removed) ends the run as failed, naming the path and the OS error;
     every file written before stays whole (atomic writes)."""
 
-    def __init__(self, run: Run, is_main: bool) -> None:
+    def __init__(self, run: Run, is_main: bool, sync: bool = False) -> None:
         self.run, self.is_main = run, is_main
         self.folder = run.run_dir / "checkpoints"
         self.checked = False
+        # with an observer of CHECKPOINT_WRITTEN, each file is on disk before it hears of it;
+        # otherwise the run's file writer (run.files) writes them while training goes on
+        self.sync = sync or run.files is None
+        self.epoch_files: set[Path] = set()   # handed over, maybe not on disk yet
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
         """checkpoints/last.pt now (a stop signal, or checkpoint_every_n_steps)."""
@@ -72,7 +74,12 @@ class RunDirCheckpointer:
             return []
         path = self.folder / "last.pt"
         data = self._serialized(state, mid_epoch, path)
-        self._write(state, path, lambda: ckpt.save(path, data))
+        try:
+            self._check()
+            self._put(path, data)
+            self._settle()
+        except OSError as exc:
+            raise self._failure(state, exc, epoch_end=False) from None
         return [str(path)]
 
     def save_epoch_end(self, state: LoopState, *, improved: bool) -> list[str]:
@@ -82,7 +89,9 @@ class RunDirCheckpointer:
         written: list[str] = []
         data = self._serialized(state, False, self.folder / "last.pt")
         try:
+            self._check()
             self._save_epoch_files(state, data, improved, written)
+            self._settle()
         except OSError as exc:
             raise self._failure(state, exc, epoch_end=True) from None
         return written
@@ -91,16 +100,40 @@ class RunDirCheckpointer:
                           written: list[str]) -> None:
         run, keep_last = self.run, self.run.cfg.train.keep_last
         if improved:
-            ckpt.save(self.folder / "best.pt", data)
-            atomic_torch_save(run.run_dir / "model.pt", run.model.state_dict())
+            self._put(self.folder / "best.pt", data)
+            self._put(run.run_dir / "model.pt", ckpt.to_bytes(run.model.state_dict()))
             written.append(str(self.folder / "best.pt"))
-        ckpt.save(self.folder / "last.pt", data)
+        self._put(self.folder / "last.pt", data)
         if keep_last:
-            ckpt.save(self.folder / f"epoch-{state.epoch:04d}.pt", data)
-            # from the folder, not from memory: a resumed run counts the files written before
-            for old in ckpt.epoch_files(self.folder)[:-keep_last]:
-                old.unlink(missing_ok=True)
+            epoch_file = self.folder / f"epoch-{state.epoch:04d}.pt"
+            self._put(epoch_file, data)
+            # the folder's files and those handed over: a resumed run counts the ones written
+            # before it, and a write still pending counts too
+            self.epoch_files |= {*ckpt.epoch_files(self.folder), epoch_file}
+            for old in sorted(self.epoch_files)[:-keep_last]:
+                self._drop(old)
         written.append(str(self.folder / "last.pt"))
+
+    def _put(self, path: Path, data: bytes) -> None:
+        if self.run.files is None:
+            ckpt.save(path, data)
+        else:
+            self.run.files.write(path, data)
+
+    def _drop(self, path: Path) -> None:
+        self.epoch_files.discard(path)
+        if self.run.files is None:
+            path.unlink(missing_ok=True)
+        else:
+            self.run.files.unlink(path)
+
+    def _check(self) -> None:
+        if self.run.files is not None:
+            self.run.files.check()   # a file handed over earlier failed: the run fails now
+
+    def _settle(self) -> None:
+        if self.sync and self.run.files is not None:
+            self.run.files.flush()
 
     def _serialized(self, state: LoopState, mid_epoch: bool, path: Path) -> bytes:
         data = ckpt.to_bytes(checkpoint_dict(self.run, state, mid_epoch=mid_epoch))
@@ -108,12 +141,6 @@ class RunDirCheckpointer:
             _safe_to_load(data, path, state)
             self.checked = True
         return data
-
-    def _write(self, state: LoopState, path: Path, write: Any) -> None:
-        try:
-            write()
-        except OSError as exc:
-            raise self._failure(state, exc, epoch_end=False) from None
 
     def _failure(self, state: LoopState, exc: OSError, epoch_end: bool) -> TrainingFailed:
         # at an epoch's end the state has moved on to the next epoch: blame the one just done
@@ -123,4 +150,6 @@ class RunDirCheckpointer:
                               f"{exc.strerror or exc}", state, epoch, max(state.step - 1, 0))
 
     def close(self) -> None:
-        """Nothing pending: every write above returned once its file was in place."""
+        """Wait for every file handed over (a failed write raises its OSError)."""
+        if self.run.files is not None:
+            self.run.files.flush()

@@ -10,6 +10,7 @@ checkpointer (engine.io.checkpointer); without one, nothing that writes.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from engine.core import distributed, signals
 from engine.core.building import build_objects, check_inputs
 from engine.core.devices import check_precision, resolve_device
 from engine.core.errors import UserError
-from engine.core.events import listeners
-from engine.core.failures import RecipeRaised
+from engine.core.events import Event, listeners
+from engine.core.failures import RecipeRaised, failed_state
 from engine.core.loop import run_loop
 from engine.core.preflight import check_batch
 from engine.core.recipe import Recipe
@@ -33,8 +34,9 @@ from engine.core.wiring import NoCheckpoints, Wiring
 from engine.io import writers
 from engine.io.checkpoint import best_weights_beside, check_resumable, restore
 from engine.io.checkpointer import RunDirCheckpointer
+from engine.io.file_writer import FileWriter
 from engine.io.files import remove_temporaries
-from engine.io.metrics import OWN_KEYS, read_metrics
+from engine.io.metrics import OWN_KEYS, read_metrics, write_metrics
 
 
 @attrs.frozen
@@ -106,7 +108,8 @@ def _set_up(recipe, cfg, world, device, run_dir, resume, name) -> Run:
                optimizer=optimizer, schedule=schedule,
                scaler=steps.make_scaler(device, cfg.train.precision), loaders=loaders,
                device=device, run_dir=run_dir, run_id=run_dir.name if run_dir else None,
-               name=name, rank=world.rank, world_size=world.world_size)
+               name=name, rank=world.rank, world_size=world.world_size,
+               files=FileWriter() if run_dir is not None and world.is_main else None)
 
 
 def _starter(run: Run, world: Any, resumed: bool) -> Callable[[Any], None]:
@@ -137,20 +140,56 @@ def _train(run: Run, world: Any, callbacks: tuple, resume: Any, stop_when: Any) 
     first, last = writers.standard(run) if writing and world.is_main else ((), ())
     outer = signals.active()   # the `run` verb installed the handlers when it started
     stop = outer or StopRequest().install()
-    wiring = Wiring(run=run, world=world,
-                    table=listeners((*first, *run.recipe.callbacks, *callbacks, *last)),
-                    checkpointer=(RunDirCheckpointer(run, world.is_main) if writing
-                                  else NoCheckpoints()),
-                    stop=stop, before_start=_starter(run, world, resume is not None),
-                    stop_when=stop_when)
+    table = listeners((*first, *run.recipe.callbacks, *callbacks, *last))
+    # an observer of CHECKPOINT_WRITTEN finds the file on disk: those writes wait for it
+    checkpointer = (RunDirCheckpointer(run, world.is_main,
+                                       sync=bool(table[Event.CHECKPOINT_WRITTEN]))
+                    if writing else NoCheckpoints())
+    wiring = Wiring(run=run, world=world, table=table, checkpointer=checkpointer, stop=stop,
+                    before_start=_starter(run, world, resume is not None), stop_when=stop_when)
     try:
         state = run_loop(wiring, state, resume_rng)
     except RecipeRaised as raised:
+        _flush_quietly(run)
         raise RecipeFailed(str(raised), _result(run, raised.state)) from raised.__cause__
+    except BaseException:
+        _flush_quietly(run)   # a second signal: what was handed over still lands whole
+        raise
     finally:
         if outer is None:
             stop.restore()
-    return _result(run, state)
+    return _result(run, _files_written(run, state))
+
+
+def _files_written(run: Run, state: LoopState) -> LoopState:
+    """The final state once every file handed to the run's writer is on disk; a write that
+    failed fails the run (metrics.json says so, if it can still be written)."""
+    if run.files is None:
+        return state
+    try:
+        run.files.close()
+        return state
+    except OSError as exc:
+        state = failed_state(state, max(state.epoch - 1, 0), max(state.step - 1, 0),
+                             f"a file could not be written: {exc.filename}: "
+                             f"{exc.strerror or exc}", None)
+    logging.getLogger("engine").error("error: %s", state.error["message"])
+    try:
+        write_metrics(run.run_dir, recipe=run.name, run_id=run.run_id, status=state.status,
+                      history=state.history, best_epoch=state.best_epoch,
+                      best_val_loss=state.best_val_loss, error=state.error,
+                      extra=run.metrics_extra)
+    except OSError:
+        pass   # the disk refuses even that: the message above and the exit code say it
+    return state
+
+
+def _flush_quietly(run: Run) -> None:
+    if run.files is not None:
+        try:
+            run.files.close()
+        except OSError:
+            pass   # the first error is the one reported
 
 
 def _result(run: Run, state: LoopState) -> RunResult:

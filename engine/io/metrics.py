@@ -42,9 +42,10 @@ def read_metrics(run_dir: str | Path) -> dict:
 def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
                   history: Mapping[str, Any], best_epoch: int | None,
                   best_val_loss: float | None, error: Mapping | None = None,
-                  extra: Mapping[str, Any] | None = None) -> None:
+                  extra: Mapping[str, Any] | None = None, files: Any = None) -> None:
     """Rewrite metrics.json atomically with the engine's entries and `extra` (the run's
-    `metrics_extra`, kept in memory); without `extra`, the file's other entries are kept."""
+    `metrics_extra`, kept in memory); without `extra`, the file's other entries are kept.
+    With `files` (the run's FileWriter) the bytes are handed to it instead of written here."""
     if extra is None:
         extra = read_metrics(run_dir)
     data = {k: v for k, v in extra.items() if k not in OWN_KEYS}
@@ -53,7 +54,11 @@ def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
             "best": {"epoch": best_epoch, "val_loss": best_val_loss}, **data}
     if error is not None:
         data["error"] = dict(error)
-    atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))
+    path = Path(run_dir) / "metrics.json"
+    if files is None:
+        atomic_write_json(path, _clean(data))
+    else:   # serialised now: the snapshot of this moment, written by the run's writer
+        files.write(path, (json.dumps(_clean(data), indent=2) + "\n").encode("utf-8"))
 
 
 def add_metrics_entry(target: Any, key: str, value: Any) -> None:

@@ -60,14 +60,14 @@ class MetricsWriter:
         write_metrics(run.run_dir, recipe=run.name, run_id=run.run_id, status=state.status,
                       history=state.history, best_epoch=state.best_epoch,
                       best_val_loss=state.best_val_loss, error=error,
-                      extra=run.metrics_extra)
+                      extra=run.metrics_extra, files=run.files)
 
 
 class RunLog:
     """train.log: the run's header, one line per validation, failures and the summary."""
 
-    events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.CHECKPOINT_WRITTEN,
-                        Event.FAILURE})
+    # not CHECKPOINT_WRITTEN: an observer of it makes checkpoint writes wait for the disk
+    events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FAILURE})
 
     def __init__(self) -> None:
         self.started = 0.0
@@ -100,8 +100,6 @@ class RunLog:
             if state.status == "early_stopped":
                 LOG.info("early stopping: %d validations without improving by more than %s",
                          state.bad_validations, train.early_stopping_min_delta)
-        elif event is Event.CHECKPOINT_WRITTEN:
-            LOG.debug("checkpoint written: %s", state.checkpoint_path)
         elif event is Event.FAILURE:
             LOG.error("run failed at epoch %d, step %d: %s", state.error["epoch"] + 1,
                       state.error["step"] + 1, state.error["message"])

@@ -18,7 +18,7 @@ from engine.core.distributed import World
 @attrs.frozen
 class Cfg:
     train: TrainConfig = attrs.Factory(lambda: TrainConfig(
-        epochs=2, batch_size=4, device="cpu", early_stopping_patience=0, lr_patience=0))
+        epochs=2, batch_size=4, device="cpu", early_stopping_patience=0))
 
 
 @attrs.frozen
