@@ -135,7 +135,9 @@ class BaseTrainer:
     def save_checkpoint(self, epoch: int, is_best: bool = False) -> Path:
         """checkpoints/last.pt (and best.pt and model.pt when `is_best`) as the loop writes them
         after epoch `epoch` (0-based); returns last.pt's path."""
-        run = attrs.evolve(self._run(), run_dir=self.run_dir, run_id=self.run_dir.name)
+        # written here and now (no background writer): the old hook returned with the file saved
+        run = attrs.evolve(self._run(), run_dir=self.run_dir, run_id=self.run_dir.name,
+                           files=None)
         state = attrs.evolve(self._state(), run=run, epoch=epoch + 1, batch=0)
         RunDirCheckpointer(run, is_main=True).save_epoch_end(state, improved=is_best)
         return self.run_dir / "checkpoints" / "last.pt"

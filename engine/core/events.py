@@ -93,3 +93,20 @@ def emit_quietly(table: dict, event: Event, state: Any) -> None:
             cb(event, state)
         except Exception:
             pass
+
+
+def emit_to_the_end(table: dict, event: Event, state: Any) -> None:
+    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) inside one
+    observer still lets the ones after it run (quietly), so metrics.json and the log get their
+    last word; then the interrupt goes on."""
+    listeners_ = table[event]
+    for i, cb in enumerate(listeners_):
+        try:
+            cb(event, state)
+        except KeyboardInterrupt:
+            for rest in listeners_[i + 1:]:
+                try:
+                    rest(event, state)
+                except Exception:
+                    pass
+            raise

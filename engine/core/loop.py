@@ -22,7 +22,7 @@ from engine.core import distributed, rng
 from engine.core.batches import epoch_batches, start_run
 from engine.core.building import blame
 from engine.core.errors import UserError
-from engine.core.events import Event, emit, emit_quietly
+from engine.core.events import Event, emit, emit_quietly, emit_to_the_end
 from engine.core.failures import (
     RecipeRaised,
     RunEnded,
@@ -55,7 +55,7 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
         raise
     if state.status == "running":
         state = attrs.evolve(state, status="completed")
-    emit(w.table, Event.FIT_END, state)
+    emit_to_the_end(w.table, Event.FIT_END, state)
     return state
 
 

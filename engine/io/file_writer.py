@@ -74,7 +74,9 @@ class FileWriter:
         with self._busy:
             self._jobs.append(job)
             self._busy.notify_all()
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():   # first use, or after close
+            with self._busy:
+                self._closed = False
             self._thread = threading.Thread(target=self._run, name="engine-files", daemon=True)
             self._thread.start()
             _OPEN.add(self)

@@ -22,7 +22,7 @@ LINE = re.compile(r"^(ok|warn|FAIL|skip) *  (.{12})  (.+)$")
 # so that a check dropped from (or reordered in) engine.tools.check fails every test below
 NAMES = ["registry", "recipe", "config", "device", "output dir", "model", "loaders",
          "train batch", "val batch", "batch values", "batch device", "dataset[0]", "forward",
-         "loss", "gradients", "optimizer", "scheduler", "overfit", "memory"]
+         "loss", "gradients", "optimizer", "scheduler", "settings", "overfit", "memory"]
 
 
 @pytest.fixture
