@@ -3,9 +3,8 @@
 What `new` needs to know before it can write a recipe around them: the classes themselves
 (`module:Class` specs), their constructor parameters, the structure of `dataset[0]`, and how
 the fields of a batch reach the parameters of `forward` (by name, by position, or by `--map`).
-Everything here reads; nothing is written. The datasets, the loss and the kind are inferred in
-`engine.tools.infer`, the model's sizes in `engine.tools.sizes`; `engine.tools.render_code` and
-`render_step` write the text, `engine.tools.new_from_code` checks and writes the recipe.
+Everything here reads; nothing is written (loss and kind: engine.tools.infer; sizes:
+engine.tools.sizes; the text: render_code, render_step; checks and writing: new_from_code).
 """
 
 from __future__ import annotations
@@ -82,8 +81,6 @@ class Wiring:
     mask: str | None
     how: str
 
-
-# --- the classes -----------------------------------------------------------------------------
 
 def load_class(spec: str, flag: str, base: type, what: str) -> type:
     """The class a `module:Class` spec names, checked to be a subclass of `base` (a Dataset
@@ -179,8 +176,6 @@ def is_toml_value(value: Any) -> bool:
     return isinstance(value, (tuple, list)) and bool(value) and all(
         isinstance(v, TOML_SCALARS) for v in value)
 
-
-# --- the sample ------------------------------------------------------------------------------
 
 def sample_fields(sample: Any, where: str) -> Fields:
     """The fields of `dataset[0]`."""
