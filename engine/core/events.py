@@ -96,15 +96,15 @@ def emit_quietly(table: dict, event: Event, state: Any) -> None:
 
 
 def emit_to_the_end(table: dict, event: Event, state: Any) -> None:
-    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) inside one
-    observer still lets the ones after it run (quietly), so metrics.json and the log get their
-    last word; then the interrupt goes on."""
+    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) inside an
+    observer runs that observer again and the ones after it (quietly), so metrics.json and the
+    log get their last word; then the interrupt goes on."""
     listeners_ = table[event]
     for i, cb in enumerate(listeners_):
         try:
             cb(event, state)
         except KeyboardInterrupt:
-            for rest in listeners_[i + 1:]:
+            for rest in listeners_[i:]:   # the interrupted one too: it may not have written
                 try:
                     rest(event, state)
                 except Exception:
