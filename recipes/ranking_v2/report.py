@@ -11,8 +11,8 @@
 The end is the last validation of a run that finishes (completed, early stopped, or a status a
 study's `stop_when` gave): there the entry joins the run's final metrics.json write and the
 table lands in train.log. A finished run that reaches FIT_END without it (a resume with no
-epoch left to run) is evaluated at FIT_END, where the metrics writer has already run: the entry
-is then written with `add_metrics_entry(run_dir, ...)`, which rewrites the file at once.
+epoch left to run) is evaluated at FIT_END; the engine's metrics writer runs after recipe
+callbacks there, so the entry joins its final write too.
 Interrupted and failed runs get no test figures (a resume finishes them).
 """
 
@@ -123,9 +123,7 @@ def report_callback(event: Event, state: Any) -> None:
     elif "test" not in run.metrics_extra:
         test = test_figures(state)
         if test is not None:
-            add_metrics_entry(run, "test", test)
-            if run.run_dir is not None:   # the metrics writer ran before us: write it now
-                add_metrics_entry(run.run_dir, "test", test)
+            add_metrics_entry(run, "test", test)   # the metrics writer runs after us
         _log_table(state, test)
 
 
