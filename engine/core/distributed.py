@@ -171,6 +171,15 @@ def from_main(value: Any, world: World) -> Any:
     return box[0]
 
 
+def finish_together(world: World) -> None:
+    """After a run that ended well on every rank: wait for the others before the process
+    group goes. A rank that tears gloo down while another still finishes its run (rank 0
+    writes its last files) was seen to abort at exit ("terminate called without an active
+    exception"). Not on the way out of an error: a dead rank would never arrive."""
+    if world.active and dist.is_initialized():
+        dist.barrier()
+
+
 def all_sum(values: list[float], world: World, device: torch.device) -> list[float]:
     """Sum a few figures over ranks (one collective); one process: the figures as they are."""
     if not world.active:

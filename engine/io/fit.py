@@ -90,7 +90,9 @@ def fit(recipe: Recipe, cfg: Any, *, run_dir: str | Path | None = None, callback
             old = read_metrics(run.run_dir)
             run.metrics_extra.update({k: v for k, v in old.items() if k not in OWN_KEYS})
         run.metrics_extra.update(metrics_extra or {})
-        return _train(run, world, tuple(callbacks), resume, stop_when)
+        result = _train(run, world, tuple(callbacks), resume, stop_when)
+        distributed.finish_together(world)
+        return result
     finally:
         distributed.teardown(world)
 
