@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import attrs
@@ -21,6 +22,7 @@ from engine.core.config import to_dict
 from engine.core.failures import TrainingFailed
 from engine.core.state import LoopState, Run, loop_state_dict
 from engine.io import checkpoint as ckpt
+from engine.io.files import atomic_write_shared
 
 
 def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool) -> dict:
@@ -38,10 +40,34 @@ def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool) -> dict:
     }
 
 
-def _safe_to_load(data: bytes, path: Path, state: LoopState) -> None:
+_PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _plainly_safe(value: object, depth: int = 0) -> bool:
+    """Whether `value` holds nothing but what weights_only loads for certain (plain values,
+    containers of them, plain tensors): then the check by loading is not needed. Anything else
+    (a tensor subclass, an object, a set) is left to torch.load to judge."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return True
+    if kind is torch.Tensor:
+        return value.layout is torch.strided and not value.is_quantized and not value.is_nested
+    if depth > 30:
+        return False
+    if kind is dict or kind is OrderedDict:
+        return all(type(k) in _PLAIN and _plainly_safe(v, depth + 1) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plainly_safe(v, depth + 1) for v in value)
+    return False
+
+
+def _safe_to_load(checkpoint: dict, data: bytes, path: Path, state: LoopState) -> None:
     """The run's first checkpoint must load back the way a resume loads it (weights_only):
     an optimizer or scheduler whose state holds an object would otherwise write checkpoints
-    its own resume refuses. Checked once per run, before the file is written."""
+    its own resume refuses. Checked once per run, before the file is written; by loading only
+    when a walk over the checkpoint finds something other than plain values and tensors."""
+    if _plainly_safe(checkpoint):
+        return
     try:
         torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -98,21 +124,32 @@ class RunDirCheckpointer:
 
     def _save_epoch_files(self, state: LoopState, data: bytes, improved: bool,
                           written: list[str]) -> None:
+        # one write of the bytes for best.pt, the epoch file and last.pt (hard links), model.pt
+        # before last.pt: a kill before last.pt lands redoes the epoch on resume, rewriting all
         run, keep_last = self.run, self.run.cfg.train.keep_last
+        paths, others = [], ()
         if improved:
-            self._put(self.folder / "best.pt", data)
-            self._put(run.run_dir / "model.pt", ckpt.to_bytes(run.model.state_dict()))
+            paths.append(self.folder / "best.pt")
+            others = ((run.run_dir / "model.pt", ckpt.to_bytes(run.model.state_dict())),)
             written.append(str(self.folder / "best.pt"))
-        self._put(self.folder / "last.pt", data)
-        if keep_last:
-            epoch_file = self.folder / f"epoch-{state.epoch:04d}.pt"
-            self._put(epoch_file, data)
+        epoch_file = self.folder / f"epoch-{state.epoch:04d}.pt" if keep_last else None
+        if epoch_file is not None:
+            paths.append(epoch_file)
+        paths.append(self.folder / "last.pt")
+        self._put_shared(paths, data, others)
+        if epoch_file is not None:
             # the folder's files and those handed over: a resumed run counts the ones written
             # before it, and a write still pending counts too
             self.epoch_files |= {*ckpt.epoch_files(self.folder), epoch_file}
             for old in sorted(self.epoch_files)[:-keep_last]:
                 self._drop(old)
         written.append(str(self.folder / "last.pt"))
+
+    def _put_shared(self, paths: list[Path], data: bytes, others: tuple) -> None:
+        if self.run.files is None:
+            atomic_write_shared(paths, data, others)
+        else:
+            self.run.files.write_shared(paths, data, others)
 
     def _put(self, path: Path, data: bytes) -> None:
         if self.run.files is None:
@@ -136,9 +173,10 @@ class RunDirCheckpointer:
             self.run.files.flush()
 
     def _serialized(self, state: LoopState, mid_epoch: bool, path: Path) -> bytes:
-        data = ckpt.to_bytes(checkpoint_dict(self.run, state, mid_epoch=mid_epoch))
+        checkpoint = checkpoint_dict(self.run, state, mid_epoch=mid_epoch)
+        data = ckpt.to_bytes(checkpoint)
         if not self.checked:
-            _safe_to_load(data, path, state)
+            _safe_to_load(checkpoint, data, path, state)
             self.checked = True
         return data
 

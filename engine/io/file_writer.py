@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from engine.io.files import atomic_write_bytes
+from engine.io.files import atomic_write_bytes, atomic_write_shared
 
 _OPEN: set[FileWriter] = set()
 
@@ -37,6 +37,12 @@ class FileWriter:
     def write(self, path: Path, data: bytes) -> None:
         """Hand `data` over to be written to `path` (after everything handed over before)."""
         self._submit(("write", Path(path), data))
+
+    def write_shared(self, paths: list[Path], data: bytes,
+                     before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
+        """Hand `data` over to be written once to every path of `paths`, in order (hard
+        links), with `before_last` written before the last (engine.io.files.atomic_write_shared)."""
+        self._submit(("shared", [Path(p) for p in paths], (data, before_last)))
 
     def check(self) -> None:
         """Raise the first write that failed since the last check (and only once)."""
@@ -91,6 +97,8 @@ class FileWriter:
             try:
                 if kind == "write":
                     atomic_write_bytes(path, data)
+                elif kind == "shared":
+                    atomic_write_shared(path, *data)
                 else:
                     path.unlink(missing_ok=True)
             except OSError as exc:

@@ -54,6 +54,57 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_shared(paths: list[Path], data: bytes,
+                        before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
+    """`data` to every path of `paths`, in order, each atomically, written and fsynced once:
+    each path but the last gets a hard link of the one file (renamed into place, so a reader
+    sees the old file or the new one), the last gets the file itself. A file system without
+    hard links gets a copy per path. `before_last`: other (path, bytes) written (atomically)
+    before the last path. A checkpoint's best.pt, last.pt and epoch file share the bytes, and
+    model.pt lands before last.pt; renaming a new last.pt over the old one later leaves
+    best.pt's bytes untouched. The shared file is made read-only (as git does with its
+    objects): a `torch.save` over last.pt in place, which would change best.pt too, is refused
+    (for users other than root)."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1:
+        for other, other_data in before_last:
+            atomic_write_bytes(other, other_data)
+        atomic_write_bytes(paths[0], data)
+        return
+    tmp = temporary_name(paths[-1])
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.name == "posix":   # elsewhere a read-only file cannot be renamed over
+            os.chmod(tmp, 0o444)
+        for path in paths[:-1]:
+            _link_into_place(tmp, path, data)
+        for other, other_data in before_last:
+            atomic_write_bytes(other, other_data)
+        os.replace(tmp, paths[-1])
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for folder in dict.fromkeys(p.parent for p in paths):
+        _fsync_dir(folder)
+
+
+def _link_into_place(source: Path, path: Path, data: bytes) -> None:
+    link = temporary_name(path)
+    try:
+        os.link(source, link)
+    except OSError:   # no hard links here (some network and FAT file systems): a copy
+        atomic_write_bytes(path, data)
+        return
+    try:
+        os.replace(link, path)
+    except BaseException:
+        link.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """`atomic_write_bytes` of UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.state import history_lists
-from engine.io.files import atomic_write_json
+from engine.io.files import atomic_write_bytes
 
 # metrics.json keys the writer owns; any other top-level key (a recipe's `baselines`) is kept
 OWN_KEYS = ("recipe", "run_id", "status", "history", "best", "error")
@@ -28,6 +28,33 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+def _column_clean(column: Any) -> Any:
+    # the common case, a column of finite numbers, checked in C rather than value by value
+    if isinstance(column, list):
+        try:
+            if all(map(math.isfinite, column)):
+                return column
+        except TypeError:
+            pass
+    return _clean(column)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """metrics.json's text: a top-level entry per line and a history column per line, each
+    written by json's C encoder (indent= would take its Python one, whose cost grows with
+    every epoch of history); non-finite figures as null."""
+    lines = []
+    for key, value in data.items():
+        if key == "history" and isinstance(value, Mapping):
+            columns = [f"    {json.dumps(str(k))}: {json.dumps(_column_clean(v))}"
+                       for k, v in value.items()]
+            body = "{\n" + ",\n".join(columns) + "\n  }" if columns else "{}"
+        else:
+            body = json.dumps(_clean(value))
+        lines.append(f"  {json.dumps(str(key))}: {body}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def read_metrics(run_dir: str | Path) -> dict:
@@ -55,10 +82,11 @@ def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,
     if error is not None:
         data["error"] = dict(error)
     path = Path(run_dir) / "metrics.json"
+    text = dumps(data).encode("utf-8")
     if files is None:
-        atomic_write_json(path, _clean(data))
+        atomic_write_bytes(path, text)
     else:   # serialised now: the snapshot of this moment, written by the run's writer
-        files.write(path, (json.dumps(_clean(data), indent=2) + "\n").encode("utf-8"))
+        files.write(path, text)
 
 
 def add_metrics_entry(target: Any, key: str, value: Any) -> None:
@@ -81,4 +109,4 @@ def add_metrics_entry(target: Any, key: str, value: Any) -> None:
     run_dir = target
     data = read_metrics(run_dir)
     data[key] = value
-    atomic_write_json(Path(run_dir) / "metrics.json", _clean(data))
+    atomic_write_bytes(Path(run_dir) / "metrics.json", dumps(data).encode("utf-8"))

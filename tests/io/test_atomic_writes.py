@@ -23,7 +23,7 @@ def test_every_file_of_a_run_is_renamed_into_place_after_an_fsync(tmp_path, monk
     keep_last files) was last put in place by os.replace from a temporary file in the same
     folder, and that temporary file was fsynced before the rename."""
     calls: list[tuple[str, str, str]] = []
-    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+    real_fsync, real_replace, real_rename, real_link = os.fsync, os.replace, os.rename, os.link
     # metrics.png drawn in this process, so its write is seen too (the plot helper process
     # writes it with the same engine.io.files.atomic_write_bytes)
     monkeypatch.setenv("ENGINE_PLOTS", "inline")
@@ -43,6 +43,12 @@ def test_every_file_of_a_run_is_renamed_into_place_after_an_fsync(tmp_path, monk
         calls.append(("rename", os.path.abspath(src), os.path.abspath(dst)))
         return real_rename(src, dst, *a, **k)
 
+    def link(src, dst, *a, **k):
+        # best.pt, epoch files: a hard link of last.pt's fsynced temporary file
+        calls.append(("link", os.path.abspath(src), os.path.abspath(dst)))
+        return real_link(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "link", link)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     monkeypatch.setattr(os, "rename", rename)
@@ -65,6 +71,11 @@ def test_every_file_of_a_run_is_renamed_into_place_after_an_fsync(tmp_path, monk
         op, src, _ = calls[i]
         assert op == "replace", f"{final.name}: os.rename does not replace atomically everywhere"
         assert Path(src).parent == final.parent and src != str(final), (final.name, src)
+        linked = [(j, a) for j, (op2, a, b) in enumerate(calls[:i]) if op2 == "link"
+                  and b == src]
+        if linked:   # the link's bytes are those of the file it links, fsynced under its name
+            j, src = linked[-1]
+            assert Path(src).parent == final.parent, (final.name, src)
         synced = [j for j, (op2, path, _) in enumerate(calls[:i]) if op2 == "fsync"
                   and path == src]
         assert synced, f"{final.name}: {Path(src).name} was renamed before any fsync"
