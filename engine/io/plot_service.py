@@ -161,7 +161,7 @@ def wait_for_plots(timeout: float = 120.0) -> None:
 def serve() -> None:
     """Read frames from stdin, draw the newest per file, acknowledge each drawn (or failed)
     frame as a JSON line {"id", "path", "ok"}."""
-    from engine.io.plots import plot_metrics  # deferred: the helper imports it while idle
+    from engine.io.plots import plot_metrics, warm_up  # deferred: imported while idle
 
     newest: dict[str, dict] = {}
     ready = threading.Condition()
@@ -178,6 +178,10 @@ def serve() -> None:
             ready.notify()
 
     threading.Thread(target=read, daemon=True).start()
+    try:
+        warm_up()
+    except Exception:   # the real frames say what is wrong, if anything is
+        pass
     resume_at = 0.0
     while True:
         with ready:

@@ -23,6 +23,19 @@ def _finite(values: list) -> list:
 
 def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") -> None:
     """Draw the history of a metrics.json dict into `path` (PNG, written atomically)."""
+    atomic_write_bytes(path, render_png(metrics, title))
+
+
+def warm_up() -> None:
+    """Draw a figure and throw it away: the first figure of a process loads fonts and caches
+    (about 0.6 s here), which the plot helper pays while the run trains, not at its end."""
+    render_png({"history": {"epoch": [0, 1], "train_loss": [1.0, 0.5], "val_loss": [1.0, 0.6],
+                            "learning_rate": [1e-3, 1e-3], "val_metric": [0.1, 0.2]},
+                "best": {"epoch": 1, "val_loss": 0.6}}, "warm-up")
+
+
+def render_png(metrics: Mapping[str, Any], title: str = "") -> bytes:
+    """The figure of a metrics.json dict, as PNG bytes."""
 
     import matplotlib  # deferred: start-up time
     matplotlib.use("Agg")
@@ -61,7 +74,7 @@ def plot_metrics(path: str | Path, metrics: Mapping[str, Any], title: str = "") 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _metric_panels(axes: list, history: Mapping, epochs: list, extra: list, diagnostics: list,
