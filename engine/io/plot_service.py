@@ -16,6 +16,7 @@ frames it did not draw are drawn in this process, so metrics.png is never missin
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import logging
 import os
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from engine.io.files import atomic_write_bytes
 
 # after drawing a frame of a run still training, the helper rests REST times as long: it takes
 # at most a quarter of a core from the run (and its file writer) on a small machine
@@ -37,8 +40,8 @@ class PlotService:
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Condition()
         self._next_id = 0
-        self._pending: dict[str, tuple[int, dict, str]] = {}   # path -> newest final frame
-        self._failed: dict[str, tuple[int, dict, str]] = {}
+        self._pending: dict[str, dict] = {}   # path -> newest final job
+        self._failed: dict[str, dict] = {}
         self._dead = False
 
     def submit(self, path: Path, metrics: dict, title: str, final: bool) -> None:
@@ -49,13 +52,31 @@ class PlotService:
             return
         with self._lock:
             self._next_id += 1
-            job_id = self._next_id
+            job = {"id": self._next_id, "path": str(path), "metrics": metrics, "title": title,
+                   "final": final}
             if final:
-                self._pending[str(path)] = (job_id, metrics, title)
-        line = json.dumps({"id": job_id, "path": str(path), "metrics": metrics,
-                           "title": title, "final": final}, allow_nan=True)
-        if not self._send(line) and final:
+                self._pending[str(path)] = job
+        if not self._send(json.dumps(job, allow_nan=True)) and final:
             self._draw_pending()
+
+    def submit_figure(self, path: Path, draw: str, payload: dict) -> None:
+        """Ask for `path` to be drawn by `draw` ("module:function", taking `payload`, a JSON
+        dict, and returning PNG bytes): a figure of a higher layer (a study's study.png) drawn
+        by the helper, whose matplotlib is already loaded. Final: `wait` waits for it."""
+        job = {"path": str(path), "draw": draw, "payload": payload, "final": True}
+        if os.environ.get("ENGINE_PLOTS") == "inline" or self._dead:
+            _draw(job)
+            return
+        with self._lock:
+            self._next_id += 1
+            job["id"] = self._next_id
+            self._pending[str(path)] = job
+        if not self._send(json.dumps(job, allow_nan=True)):
+            self._draw_pending()
+
+    def running(self) -> bool:
+        """Whether the helper process is up (its matplotlib loaded, or loading)."""
+        return self._proc is not None and self._proc.poll() is None and not self._dead
 
     def warm(self) -> None:
         """Start the helper now, so it imports matplotlib while this process imports torch
@@ -105,7 +126,7 @@ class PlotService:
                 continue
             with self._lock:
                 job = self._pending.get(ack["path"])
-                if job is not None and job[0] <= ack["id"]:
+                if job is not None and job["id"] <= ack["id"]:
                     if ack["ok"]:
                         del self._pending[ack["path"]]
                     else:   # drawn again here by wait(), which logs why it fails
@@ -122,14 +143,12 @@ class PlotService:
         with self._lock:
             jobs = [*self._pending.items(), *self._failed.items()]
             self._pending, self._failed = {}, {}
-        if jobs:
-            from engine.io.plots import plot_metrics  # deferred: matplotlib is slow to import
-            for path, (_, metrics, title) in jobs:
-                try:
-                    plot_metrics(path, metrics, title)
-                except Exception as exc:   # a plot never fails a run: metrics.json is the record
-                    logging.getLogger("engine").warning(
-                        "warning: %s could not be drawn: %s: %s", path, type(exc).__name__, exc)
+        for path, job in jobs:
+            try:
+                _draw(job)
+            except Exception as exc:   # a plot never fails a run: metrics.json is the record
+                logging.getLogger("engine").warning(
+                    "warning: %s could not be drawn: %s: %s", path, type(exc).__name__, exc)
 
     def close(self) -> None:
         """Wait for the final frames, then let the helper exit."""
@@ -156,13 +175,28 @@ def wait_for_plots(timeout: float = 120.0) -> None:
         _SERVICE.wait(timeout)
 
 
+def _draw(job: dict) -> None:
+    """Draw one job here: a metrics.png frame, or a figure by its named function."""
+    if "draw" in job:
+        module, _, function = job["draw"].partition(":")
+        png = getattr(importlib.import_module(module), function)(job["payload"])
+        atomic_write_bytes(Path(job["path"]), png)
+    else:
+        from engine.io.plots import plot_metrics  # deferred: matplotlib is slow to import
+        plot_metrics(job["path"], job["metrics"], job["title"])
+
+
 # --- the helper's side ------------------------------------------------------------------------
 
 def serve() -> None:
     """Read frames from stdin, draw the newest per file, acknowledge each drawn (or failed)
     frame as a JSON line {"id", "path", "ok"}."""
-    from engine.io.plots import plot_metrics, warm_up  # deferred: imported while idle
+    from engine.io.plots import warm_up  # deferred: imported while idle
 
+    try:   # background work: the runs (a study's workers) come first when cores are short
+        os.nice(10)
+    except OSError:
+        pass
     newest: dict[str, dict] = {}
     ready = threading.Condition()
     closed = []
@@ -189,8 +223,8 @@ def serve() -> None:
             if not newest:
                 return
 
-            def due() -> bool:   # a final frame, or the end of input, cuts the rest short
-                return (closed or time.monotonic() >= resume_at
+            def due(until: float = resume_at) -> bool:   # a final frame or the end cut it short
+                return (closed or time.monotonic() >= until
                         or any(job.get("final") for job in newest.values()))
 
             ready.wait_for(due, max(0.0, resume_at - time.monotonic()))
@@ -199,7 +233,7 @@ def serve() -> None:
             job = newest.pop(path)
         started = time.monotonic()
         try:
-            plot_metrics(path, job["metrics"], job["title"])
+            _draw(job)
             ok = True
         except Exception:   # one bad frame must not end the others
             ok = False

@@ -4,8 +4,8 @@
         study.toml  optuna.journal  configurations/  pairs/  lock  workers/
         runs/{run_id}/  results.json  results.md  study.png
 
-With `--workers 1` this process is the worker; with N > 1 it starts N processes
-(`python -m engine sweep --worker STUDY_DIR`, their output in `workers/`) and shows the
+With `--workers 1` this process is the worker; with N > 1 it is one of them and starts N - 1
+more (`python -m engine sweep --worker STUDY_DIR`, their output in `workers/`), and shows the
 study's progress. A signal is passed on to the workers once: each stops its run with a
 resumable checkpoint. Workers end with this process (a kill -9 of it included: they get
 SIGTERM from the kernel).
@@ -105,8 +105,7 @@ def run_workers(study_dir: Path, workers: int, recipes: str | None) -> str:
         if workers == 1:
             outcome = work(study_dir, recipes=recipes, on_done=lambda *_: bar.update(1))
         else:
-            outcome = _supervise(study_dir, spec, start_workers(study_dir, workers, recipes),
-                                 bar)
+            outcome = _work_among(study_dir, spec, workers, recipes, bar)
     finally:
         bar.close()
     ended, failed, total = progress(study_dir, spec)
@@ -123,15 +122,40 @@ def _running_elsewhere(study_dir: Path) -> int:
                for r in claims.read_pairs(study_dir).values())
 
 
-def _supervise(study_dir: Path, spec: StudySpec, procs: list, bar: Any) -> str:
+def _work_among(study_dir: Path, spec: StudySpec, workers: int, recipes: str | None,
+                bar: Any) -> str:
+    """This process, warm from its checks (torch, the recipe, the first forward pass), is one
+    of the `workers`; the others start meanwhile and take pairs as soon as they are up."""
+    procs = start_workers(study_dir, workers - 1, recipes)
+
+    def catch_up(*_: Any) -> None:
+        bar.update(progress(study_dir, spec)[0] - bar.n)
+
+    try:
+        mine = work(study_dir, recipes=recipes, on_done=catch_up)
+    except BaseException:
+        _forward(procs)
+        raise
+    if mine == "interrupted":
+        _forward(procs)
+    outcome = _supervise(study_dir, spec, procs, bar, forwarded=mine == "interrupted")
+    return "interrupted" if mine == "interrupted" else outcome
+
+
+def _forward(procs: list) -> None:
+    """SIGTERM to the workers still running: each stops its run resumably."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+
+
+def _supervise(study_dir: Path, spec: StudySpec, procs: list, bar: Any,
+               forwarded: bool = False) -> str:
     flag = SignalFlag().install()
-    forwarded = False
     try:
         while any(p.poll() is None for p in procs):
             if flag.stopped() and not forwarded:
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(signal.SIGTERM)
+                _forward(procs)
                 forwarded = True
             ended, _, _ = progress(study_dir, spec)
             bar.update(ended - bar.n)

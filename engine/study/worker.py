@@ -25,6 +25,7 @@ from engine.core.errors import UserError, UserErrors
 from engine.io.fit import RecipeFailed, fit
 from engine.io.layering import read_toml
 from engine.io.metrics import read_metrics
+from engine.io.plot_service import wait_for_plots
 from engine.io.registry import resolve
 from engine.study import claims, store
 from engine.study.checks import registry_of, value_set
@@ -257,6 +258,7 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
         heartbeat.stop()
     with claims.study_lock(study_dir):
         data = write_results(study_dir, spec, study_id, picture=True)
+    wait_for_plots()   # study.png, drawn by the plot helper, is on disk when the worker says so
     if interrupted:
         return "interrupted"
     return "failed" if data["runs_by_status"].get("failed") else "done"

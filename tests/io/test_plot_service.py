@@ -78,3 +78,24 @@ def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
     assert metrics["history"]["val_loss"] == result.history["val_loss"]
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["history"]["epoch"] == on_disk["history"]["epoch"] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_a_named_figure_is_drawn_by_the_helper_and_waited_for(tmp_path: Path, monkeypatch):
+    """submit_figure: a higher layer's figure (study.png) drawn by the helper through the
+    function it names; with the helper gone, drawn here instead."""
+    monkeypatch.delenv("ENGINE_PLOTS", raising=False)
+    payload = {"data": {"objective": {"metric": "val_loss"}, "configurations": [
+        {"configuration": 0, "params": {"lr": 0.1}, "mean": 0.5, "ci95": [0.4, 0.6],
+         "runs": [{"value": 0.5, "status": "completed"}]}]},
+        "curves": [[0, [{"epoch": [0, 1], "val_loss": [0.7, 0.5]}]]]}
+    service = plot_service.PlotService()
+    service.warm()
+    assert service.running()
+    service.submit_figure(tmp_path / "study.png", "engine.study.picture:render", payload)
+    service.wait(timeout=120)
+    assert _is_png(tmp_path / "study.png") and service._pending == {}
+    service.close()
+    service._mark_dead()
+    service.submit_figure(tmp_path / "here.png", "engine.study.picture:render", payload)
+    assert _is_png(tmp_path / "here.png")
