@@ -66,7 +66,11 @@ def _given_flags(args: Any) -> list[str]:
 
 def cmd_sweep(args: Any) -> int:
     """`sweep NAME ...`, `sweep --resume STUDY_DIR`, `sweep --worker STUDY_DIR`: run a study."""
+    from engine.io import plot_service  # deferred: start-up time
     from engine.study import sweep  # deferred: start-up time
+    # the plot helper imports matplotlib while this process imports torch: the first runs'
+    # metrics.png are drawn meanwhile, not in a backlog at the study's end
+    plot_service.service().warm()
     if args.worker:
         return _join(args)
     if args.resume:

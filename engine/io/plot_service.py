@@ -43,9 +43,14 @@ class PlotService:
         self._pending: dict[str, dict] = {}   # path -> newest final job
         self._failed: dict[str, dict] = {}
         self._dead = False
+        # False: only final frames are drawn (a study's runs: with a worker per core, the
+        # helpers' frames during training would take the cores the fits need)
+        self.live = True
 
     def submit(self, path: Path, metrics: dict, title: str, final: bool) -> None:
         """Ask for `path` to be drawn from `metrics` (a metrics.json-shaped dict)."""
+        if not final and not self.live:
+            return
         if os.environ.get("ENGINE_PLOTS") == "inline":
             from engine.io.plots import plot_metrics  # deferred: matplotlib is slow to import
             plot_metrics(path, metrics, title)

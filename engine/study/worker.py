@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from engine.core.errors import UserError, UserErrors
+from engine.io import plot_service
 from engine.io.fit import RecipeFailed, fit
 from engine.io.layering import read_toml
 from engine.io.metrics import read_metrics
@@ -226,6 +227,8 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
                   store.optuna_study(spec, study_id, storage))
     heartbeat, flag = claims.Heartbeat(), SignalFlag().install()
     interrupted = False
+    plots = plot_service.service()
+    live, plots.live = plots.live, False   # each run's metrics.png is drawn once, at its end
     try:
         while not flag.stopped():
             claimed = _claim(ctx)
@@ -256,6 +259,7 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
         interrupted = flag.stopped() or interrupted
         flag.restore()
         heartbeat.stop()
+        plots.live = live
     with claims.study_lock(study_dir):
         data = write_results(study_dir, spec, study_id, picture=True)
     wait_for_plots()   # study.png, drawn by the plot helper, is on disk when the worker says so

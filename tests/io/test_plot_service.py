@@ -99,3 +99,15 @@ def test_a_named_figure_is_drawn_by_the_helper_and_waited_for(tmp_path: Path, mo
     service._mark_dead()
     service.submit_figure(tmp_path / "here.png", "engine.study.picture:render", payload)
     assert _is_png(tmp_path / "here.png")
+
+
+def test_without_live_frames_only_the_final_one_is_drawn(tmp_path: Path, monkeypatch):
+    """live = False (a study's runs): frames during training are dropped, not sent; the final
+    frame is still drawn (here inline, so no helper is needed to see it)."""
+    monkeypatch.setenv("ENGINE_PLOTS", "inline")
+    service = plot_service.PlotService()
+    service.live = False
+    service.submit(tmp_path / "m.png", _metrics(2), "m", final=False)
+    assert not (tmp_path / "m.png").exists()
+    service.submit(tmp_path / "m.png", _metrics(3), "m", final=True)
+    assert _is_png(tmp_path / "m.png")
