@@ -6,7 +6,8 @@ engine.io.plot_service`), which imports matplotlib on another core while the fir
 trains, and draws the frames it is sent: the latest history after a validation (frames that
 arrive while it is busy or resting are skipped: only the newest per file is drawn; it rests 3x
 as long as it drew, so it takes at most a quarter of a core from training) and the final one at
-the end, at once. `wait_for_plots()` returns once every final frame is on disk; `python -m engine
+the end, at once (only the final one when `live` is off, as in a study's workers).
+`wait_for_plots()` returns once every final frame is on disk; `python -m engine
 run` calls it before it exits, and it runs at interpreter exit. Should the helper die, the
 frames it did not draw are drawn in this process, so metrics.png is never missing.
 
