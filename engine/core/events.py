@@ -96,17 +96,19 @@ def emit_quietly(table: dict, event: Event, state: Any) -> None:
 
 
 def emit_to_the_end(table: dict, event: Event, state: Any) -> None:
-    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) inside an
-    observer runs that observer again and the ones after it (quietly), so metrics.json and the
-    log get their last word; then the interrupt goes on."""
+    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) anywhere in it
+    (inside an observer, or between two) runs the observer it reached again and the ones after
+    it (quietly), so metrics.json and the log get their last word; then the interrupt goes on."""
     listeners_ = table[event]
-    for i, cb in enumerate(listeners_):
-        try:
-            cb(event, state)
-        except KeyboardInterrupt:
-            for rest in listeners_[i:]:   # the interrupted one too: it may not have written
-                try:
-                    rest(event, state)
-                except Exception:
-                    pass
-            raise
+    reached = 0
+    try:
+        while reached < len(listeners_):
+            listeners_[reached](event, state)
+            reached += 1
+    except KeyboardInterrupt:
+        for rest in listeners_[reached:]:   # the interrupted one too: it may not have written
+            try:
+                rest(event, state)
+            except Exception:
+                pass
+        raise

@@ -45,6 +45,9 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
     ends it as RecipeRaised, carrying the failed state, after FAILURE and FIT_END."""
     try:
         state = _ended(w, state, resume_rng)
+        # inside the try: a second signal landing here still gets its FIT_END below
+        if state.status == "running":
+            state = attrs.evolve(state, status="completed")
     except StoppedBeforeStart as stopped:
         return attrs.evolve(stopped.state, status="interrupted")   # no observer has started
     except KeyboardInterrupt as exc:
@@ -53,8 +56,6 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
         emit_quietly(w.table, Event.FIT_END,
                      attrs.evolve(getattr(exc, "state", state), status="interrupted"))
         raise
-    if state.status == "running":
-        state = attrs.evolve(state, status="completed")
     emit_to_the_end(w.table, Event.FIT_END, state)
     return state
 
