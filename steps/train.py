@@ -92,8 +92,16 @@ def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
               autocast: Any = None, inference: bool = True) -> tuple[torch.Tensor, dict]:
     """The loss and metrics of one batch without gradients (the caller sets model.eval()),
     under torch.inference_mode() (no autograd bookkeeping at all), or torch.no_grad() with
-    `inference=False` for a model that keeps tensors from validation for use in training."""
+    `inference=False` for a model that keeps tensors from validation for use in training.
+    What `forward_batch` computes there has no autograd history, so nothing is detached
+    (a call per metric per batch); a metric it returns from outside, e.g. a tensor kept from
+    training, is detached."""
     grad_off = torch.inference_mode() if inference else torch.no_grad()
     with grad_off, autocast or contextlib.nullcontext():
         loss, metrics = split_output(forward_batch(model, batch, ctx))
-    return loss.detach(), {k: v.detach() for k, v in metrics.items()}
+    if loss.requires_grad:
+        loss = loss.detach()
+    for key, value in metrics.items():
+        if value.requires_grad:
+            metrics[key] = value.detach()
+    return loss, metrics

@@ -13,6 +13,7 @@ made; 130 stopped by SIGINT or SIGTERM, resumable.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -67,17 +68,37 @@ def _given_flags(args: Any) -> list[str]:
 def cmd_sweep(args: Any) -> int:
     """`sweep NAME ...`, `sweep --resume STUDY_DIR`, `sweep --worker STUDY_DIR`: run a study."""
     from engine.io import plot_service  # deferred: start-up time
-    from engine.study import sweep  # deferred: start-up time
-    # the plot helper imports matplotlib while this process imports torch: the first runs'
+    if args.worker:
+        plot_service.service().warm()   # matplotlib loads while this process imports torch
+        return _join(args)
+    workers = args.workers or 1
+    if workers == 1:
+        plot_service.service().warm()
+    from engine.study import local, sweep  # deferred: start-up time
+    threads = local.threads_per_worker(workers)
+    local.set_threads(threads)
+    standby = None
+    if workers > 1 and hasattr(os, "fork"):
+        # the other workers are forks of this process, bare (no thread, no store, no check
+        # run yet) but with torch, Optuna and the first optimizer loaded: they cost no start-up
+        local.warm_imports()
+        standby = local.fork_standby(workers - 1, args.recipes, threads)
+    try:
+        return _sweep(args, sweep, workers, standby)
+    finally:
+        if standby is not None:
+            standby.cancel()   # a no-op once started
+
+
+def _sweep(args: Any, sweep: Any, workers: int, standby: Any) -> int:
+    from engine.io import plot_service  # deferred: start-up time
+    # the plot helper imports matplotlib while this process checks the flags: the first runs'
     # metrics.png are drawn meanwhile, not in a backlog at the study's end
     plot_service.service().warm()
-    if args.worker:
-        return _join(args)
     if args.resume:
         from engine.study import resume  # deferred: start-up time
         study_dir, spec, _ = resume.open_study(args.resume)
         resume.check_same(args, spec, study_dir, sets_of(args))
-        workers = args.workers or 1
         _refuse_sqlite(spec.storage, workers, f"--resume {study_dir} --workers {workers}")
         if args.retry_failed:
             print(f"{resume.retry_failed(study_dir)} failed run(s) will run again")
@@ -93,9 +114,8 @@ def cmd_sweep(args: Any) -> int:
         from engine.study.checks import specify  # deferred: start-up time
         spec, _, _, cfg = specify(args, sets_of(args))
         study_dir = sweep.create(spec, cfg.train.output_dir)
-        workers = args.workers or 1
     print(f"study directory: {study_dir}", flush=True)
-    outcome = sweep.run_workers(study_dir, workers, args.recipes)
+    outcome = sweep.run_workers(study_dir, workers, args.recipes, standby)
     print(sweep.describe_end(study_dir, outcome),
           file=sys.stdout if outcome in ("done", "elsewhere") else sys.stderr)
     return _EXITS[outcome]

@@ -117,8 +117,8 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
                 run.schedule.scheduler.step()
             improved = validated and state.improved
             if improved:   # a device copy, no host sync: RunResult.model gets these weights
-                state = attrs.evolve(state, best_weights={
-                    k: v.detach().clone() for k, v in run.model.state_dict().items()})
+                state = attrs.evolve(state, best_weights=_best_weights(run.model,
+                                                                       state.best_weights))
             if validated and w.stop_when is not None and state.status == "running":
                 state = attrs.evolve(state, status=w.stop_when(state) or "running")
             state = attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals())
@@ -223,6 +223,22 @@ def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
         raise
     except BaseException as exc:
         return _raised(exc, attrs.evolve(state, step=step, batch=batch_i))
+
+
+_copy_all = getattr(torch, "_foreach_copy_", None)
+
+
+def _best_weights(model: torch.nn.Module, last: dict | None) -> dict:
+    """The model's weights copied on its device: into the tensors of the last best copy when
+    they match (one call for every tensor, nothing allocated), else into new ones."""
+    current = model.state_dict()
+    if last is not None and _copy_all is not None and last.keys() == current.keys():
+        try:
+            _copy_all(list(last.values()), list(current.values()))
+            return last
+        except RuntimeError:   # a shape or device changed: a fresh copy
+            pass
+    return {k: v.detach().clone() for k, v in current.items()}
 
 
 def _raised(exc: BaseException, state: LoopState) -> LoopState:

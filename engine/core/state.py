@@ -90,7 +90,8 @@ class LoopState:
     totals: EpochTotals = attrs.field(factory=EpochTotals)
     epoch_rng: Any = None           # RNG states at the start of this epoch (mid-epoch resume)
     checkpoint_path: str | None = None
-    # the best validation's weights, kept in memory (on the device) for RunResult.model
+    # the best validation's weights, kept in memory (on the device) for RunResult.model;
+    # a later improvement copies into the same tensors (no allocation per improvement)
     best_weights: Any = attrs.field(default=None, repr=False, eq=False)
 
 

@@ -23,8 +23,7 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
     move = run.recipe.move_batch and device.type != "cpu"
     ctx = StepContext(device, False, epoch, step, run.rank, run.world_size)
     autocast = steps.autocast(device, run.cfg.train.precision)
-    totals: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    rows = _Sums()
     model.eval()
     for batch in run.loaders.val:
         if move:
@@ -32,15 +31,68 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
         n = steps.batch_size_of(batch)
         loss, metrics = steps.eval_step(model, batch, run.recipe.forward_batch, ctx, autocast,
                                         run.recipe.inference_mode)
+        rows.add(loss, metrics, n)
+    model.train()
+    keys, sums, counts = rows.result()
+    sums = sums.tolist() if keys else []   # one host sync per validation
+    figures = distributed.all_sum(sums + counts, world, device)
+    return {k: figures[i] / figures[len(keys) + i] for i, k in enumerate(keys)}
+
+
+class _Sums:
+    """Per figure, the sum of batch means weighted by batch size, and the samples counted.
+
+    While every batch gives the same scalar metrics (the usual case) a batch costs one
+    `torch.stack` and one multiply-add, whatever the number of metrics; a batch that gives
+    other keys or non-scalar values moves the sums to one tensor per key (the same float32
+    arithmetic either way, so the figures do not depend on the path).
+    """
+
+    __slots__ = ("keys", "row", "count", "totals", "counts")
+
+    def __init__(self) -> None:
+        self.keys: tuple | None = None   # the metrics' keys while every batch gives them
+        self.row: torch.Tensor | None = None   # [val_loss, metric...] sums on the device
+        self.count = 0
+        self.totals: dict[str, torch.Tensor] = {}   # per key, once batches differ
+        self.counts: dict[str, int] = {}
+
+    def add(self, loss: torch.Tensor, metrics: dict, n: int) -> None:
+        """Add one batch's loss and metrics (its means, weighted by its `n` samples)."""
+        if self.keys is None and not self.totals:
+            self.keys = tuple(metrics)   # the first batch's
+        if self.keys is not None and tuple(metrics) == self.keys:
+            try:   # scalars stack into a vector; other shapes refuse or give a matrix
+                row = torch.stack((loss, *metrics.values()))
+            except (RuntimeError, TypeError):   # TypeError: a metric that is no tensor
+                row = None
+            if row is not None and row.ndim == 1:
+                row = row.float() * n
+                self.row = row if self.row is None else self.row + row
+                self.count += n
+                return
+        self._spread()
         for key, value in (("val_loss", loss), *((f"val_{k}", v) for k, v in metrics.items())):
             value = value.detach().float().mean() * n
-            totals[key] = totals[key] + value if key in totals else value
-            counts[key] = counts.get(key, 0) + n
-    model.train()
-    keys = sorted(totals)
-    sums = torch.stack([totals[k] for k in keys]).tolist()  # one host sync per validation
-    figures = distributed.all_sum(sums + [float(counts[k]) for k in keys], world, device)
-    return {k: figures[i] / figures[len(keys) + i] for i, k in enumerate(keys)}
+            self.totals[key] = self.totals[key] + value if key in self.totals else value
+            self.counts[key] = self.counts.get(key, 0) + n
+
+    def _spread(self) -> None:
+        """Move the stacked sums to the per-key form."""
+        if self.keys is None:
+            return
+        if self.row is not None:
+            for i, key in enumerate(("val_loss", *(f"val_{k}" for k in self.keys))):
+                self.totals[key] = self.row[i]
+                self.counts[key] = self.count
+        self.keys, self.row = None, None
+
+    def result(self) -> tuple[list[str], torch.Tensor | None, list[float]]:
+        """(sorted keys, their sums as one tensor, their counts)."""
+        self._spread()
+        keys = sorted(self.totals)
+        sums = torch.stack([self.totals[k] for k in keys]) if keys else None
+        return keys, sums, [float(self.counts[k]) for k in keys]
 
 
 def history_row(epoch: int, totals: EpochTotals, val: dict[str, float]) -> dict[str, float]:

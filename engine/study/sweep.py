@@ -95,17 +95,20 @@ def start_workers(study_dir: Path, n: int, recipes: str | None) -> list[subproce
     return procs
 
 
-def run_workers(study_dir: Path, workers: int, recipes: str | None) -> str:
+def run_workers(study_dir: Path, workers: int, recipes: str | None,
+                standby: Any = None) -> str:
     """Run the study to its end with `workers` processes; "done", "failed", "interrupted" or
     "unfinished" (a worker died and left runs nobody took over: resume the study) or
-    "elsewhere" (what is left is being run by workers of other processes)."""
+    "elsewhere" (what is left is being run by workers of other processes). `standby`: the
+    forks of this process that become the other workers (`engine.study.local`); without it
+    they are started as `sweep --worker` processes."""
     spec, _ = load(study_dir)
     bar = _bar(study_dir, spec)
     try:
         if workers == 1:
             outcome = work(study_dir, recipes=recipes, on_done=lambda *_: bar.update(1))
         else:
-            outcome = _work_among(study_dir, spec, workers, recipes, bar)
+            outcome = _work_among(study_dir, spec, workers, recipes, bar, standby)
     finally:
         bar.close()
     ended, failed, total = progress(study_dir, spec)
@@ -123,10 +126,12 @@ def _running_elsewhere(study_dir: Path) -> int:
 
 
 def _work_among(study_dir: Path, spec: StudySpec, workers: int, recipes: str | None,
-                bar: Any) -> str:
+                bar: Any, standby: Any) -> str:
     """This process, warm from its checks (torch, the recipe, the first forward pass), is one
-    of the `workers`; the others start meanwhile and take pairs as soon as they are up."""
-    procs = start_workers(study_dir, workers - 1, recipes)
+    of the `workers`; the others (forks waiting since before the checks, or new processes)
+    take pairs as soon as they are up."""
+    procs = (standby.start(study_dir) if standby is not None
+             else start_workers(study_dir, workers - 1, recipes))
 
     def catch_up(*_: Any) -> None:
         bar.update(progress(study_dir, spec)[0] - bar.n)

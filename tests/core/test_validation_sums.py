@@ -1,0 +1,63 @@
+"""Validation's sums: the stacked path (one stack per batch while every batch gives the same
+scalar metrics) and the per-key path (other keys, other shapes) give the same figures as a
+plain per-key mean weighted by batch size, whatever the batches."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.core.validation import _Sums
+
+values = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+batch = st.fixed_dictionaries({
+    "n": st.integers(1, 64),
+    "loss": values,
+    "metrics": st.dictionaries(st.sampled_from(["mae", "acc", "ndcg"]),
+                               st.one_of(values, st.lists(values, min_size=1, max_size=3)),
+                               max_size=3)})
+
+
+def _tensor(value) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _plain(batches: list[dict]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for b in batches:
+        items = [("val_loss", b["loss"]), *((f"val_{k}", v) for k, v in b["metrics"].items())]
+        for key, value in items:
+            mean = float(_tensor(value).mean()) * b["n"]
+            totals[key] = totals.get(key, 0.0) + mean
+            counts[key] = counts.get(key, 0) + b["n"]
+    return {k: totals[k] / counts[k] for k in totals}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(batch, min_size=1, max_size=6), st.booleans())
+def test_sums_equal_a_plain_weighted_mean(batches, same_keys):
+    if same_keys:   # the usual case: every batch gives the first batch's metrics
+        batches = [{**b, "metrics": {k: v for k, v in batches[0]["metrics"].items()}}
+                   for b in batches]
+    sums = _Sums()
+    for b in batches:
+        sums.add(_tensor(b["loss"]), {k: _tensor(v) for k, v in b["metrics"].items()}, b["n"])
+    keys, row, counts = sums.result()
+    got = {k: row[i].item() / counts[i] for i, k in enumerate(keys)}
+    expected = _plain(batches)
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        assert abs(got[key] - value) <= 1e-3 * max(1.0, abs(value)), (key, got, expected)
+
+
+def test_scalar_batches_take_the_stacked_path():
+    """Same scalar metrics in every batch: one row tensor, no per-key sums."""
+    sums = _Sums()
+    for n in (4, 4, 2):
+        sums.add(torch.tensor(1.0), {"mae": torch.tensor(2.0), "acc": torch.tensor(3)}, n)
+    assert sums.totals == {} and sums.row is not None and sums.count == 10
+    keys, row, counts = sums.result()
+    assert keys == ["val_acc", "val_loss", "val_mae"]
+    assert row.tolist() == [30.0, 10.0, 20.0] and counts == [10.0, 10.0, 10.0]
