@@ -101,8 +101,10 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
         for epoch in range(state.epoch, train.epochs):
             # --- train one epoch (a resumed run may start inside it)
             if state.batch == 0:
-                state = attrs.evolve(state, epoch=epoch, epoch_rng=rng.rng_state(), totals=
-                                     EpochTotals(lr=run.optimizer.param_groups[0]["lr"]))
+                # the RNG at the epoch's start: what a mid-epoch checkpoint resumes from
+                state = attrs.evolve(state, epoch=epoch, epoch_rng=rng.rng_state() if getattr(
+                    w.checkpointer, "writes", True) else None, totals=EpochTotals(
+                        lr=run.optimizer.param_groups[0]["lr"]))
             batches = epoch_batches(run, state, resume_rng)
             resume_rng = None
             if not started:
@@ -116,12 +118,15 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             if run.schedule is not None and run.schedule.interval == "epoch":
                 run.schedule.scheduler.step()
             improved = validated and state.improved
-            if improved:   # a device copy, no host sync: RunResult.model gets these weights
-                state = attrs.evolve(state, best_weights=_best_weights(run.model,
-                                                                       state.best_weights))
-            if validated and w.stop_when is not None and state.status == "running":
-                state = attrs.evolve(state, status=w.stop_when(state) or "running")
-            state = attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals())
+            status = state.status
+            if validated and w.stop_when is not None and status == "running":
+                status = w.stop_when(state) or "running"
+            # one new record for the epoch's end; the best weights are a device copy, no host
+            # sync (RunResult.model gets them)
+            state = attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(),
+                                 status=status, best_weights=_best_weights(
+                                     run.model, state.best_weights) if improved
+                                 else state.best_weights)
             # --- checkpoint, then tell the observers
             if train.nan_policy == "rollback":
                 w.rollback.take(run)
@@ -210,15 +215,14 @@ def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
             # --- bookkeeping: read the figures only at log intervals (one host sync each)
             checkpoint_due = ckpt_every and step % ckpt_every == 0
             if checkpoint_due or step % log_every == 0 or (solo and w.stop.count):
-                state = window.read(attrs.evolve(state, step=step, batch=batch_i), w.stop)
+                state = window.read(state, w.stop, step, batch_i)
             if checkpoint_due:
                 state = _save_last(w, state, mid_epoch=True)
             if on_step:
                 state = attrs.evolve(state, step=step, batch=batch_i)
                 for cb in on_step:
                     cb(Event.STEP_END, state)
-        return window.read(attrs.evolve(state, step=step, batch=batch_i), w.stop,
-                           epoch_end=True)
+        return window.read(state, w.stop, step, batch_i, epoch_end=True)
     except (RunEnded, UserError):
         raise
     except BaseException as exc:

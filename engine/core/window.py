@@ -17,7 +17,7 @@ import torch
 
 from engine.core import distributed
 from engine.core.failures import StopRequested, TrainingFailed
-from engine.core.state import LoopState
+from engine.core.state import EpochTotals, LoopState
 
 
 class FigureWindow:
@@ -37,13 +37,15 @@ class FigureWindow:
         self.losses.clear()
         self.norms.clear()
 
-    def read(self, state: LoopState, stop: Any, epoch_end: bool = False) -> LoopState:
-        """The state with the window's figures added to its totals; raises TrainingFailed on a
-        non-finite loss and StopRequested on a stop signal (not at an epoch's end, where the
-        loop decides after the epoch's checkpoint)."""
+    def read(self, state: LoopState, stop: Any, step: int, batch: int,
+             epoch_end: bool = False) -> LoopState:
+        """The state at `step` and `batch` (one record made, not two) with the window's
+        figures added to its totals; raises TrainingFailed on a non-finite loss and
+        StopRequested on a stop signal (not at an epoch's end, where the loop decides after
+        the epoch's checkpoint)."""
         losses = torch.stack(self.losses).tolist() if self.losses else []   # the host sync
         norms = torch.stack(self.norms).float().tolist() if self.norms else []
-        first = state.step - len(norms)
+        first = step - len(norms)
         self.clear()
         t = state.totals
         window_sum = sum(losses)
@@ -67,9 +69,11 @@ class FigureWindow:
             # summed in the same collective as the flags
             loss_sum, n_losses = t.loss_sum + flags[2], int(flags[3])
             recent = flags[2] / flags[3] if flags[3] else state.recent_loss
-        totals = attrs.evolve(t, loss_sum=loss_sum, losses=t.losses + n_losses,
-                              norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped)
-        state = attrs.evolve(state, totals=totals, recent_loss=recent)
+        # made whole, not evolved: evolve reads every field with a call of its own
+        totals = EpochTotals(lr=t.lr, loss_sum=loss_sum, losses=t.losses + n_losses,
+                             norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped,
+                             nonfinite=t.nonfinite)
+        state = attrs.evolve(state, totals=totals, recent_loss=recent, step=step, batch=batch)
         if flags[0]:
             at = first + (bad_at // self.accum if bad_at is not None else 0)
             raise TrainingFailed(f"non-finite training loss at epoch {state.epoch + 1}, step "

@@ -31,6 +31,8 @@ class Checkpointer(Protocol):
 class NoCheckpoints:
     """The checkpointer of a run without a run directory: writes nothing."""
 
+    writes = False   # so the loop skips what only checkpoints need (each epoch's RNG states)
+
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
         """Nothing to write."""
         return []

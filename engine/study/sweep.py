@@ -4,8 +4,9 @@
         study.toml  optuna.journal  configurations/  pairs/  lock  workers/
         runs/{run_id}/  results.json  results.md  study.png
 
-With `--workers 1` this process is the worker; with N > 1 it is one of them and starts N - 1
-more (`python -m engine sweep --worker STUDY_DIR`, their output in `workers/`), and shows the
+With `--workers 1` this process is the worker; with N > 1 it is one of them, the N - 1 others
+are forks of it taken before its checks (`engine.study.local`; `python -m engine sweep --worker
+STUDY_DIR` processes where there is no fork), their output in `workers/`, and it shows the
 study's progress. A signal is passed on to the workers once: each stops its run with a
 resumable checkpoint. Workers end with this process (a kill -9 of it included: they get
 SIGTERM from the kernel).

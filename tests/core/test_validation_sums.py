@@ -61,3 +61,16 @@ def test_scalar_batches_take_the_stacked_path():
     keys, row, counts = sums.result()
     assert keys == ["val_acc", "val_loss", "val_mae"]
     assert row.tolist() == [30.0, 10.0, 20.0] and counts == [10.0, 10.0, 10.0]
+
+
+def test_the_window_rebuilds_every_epoch_total():
+    """FigureWindow.read makes EpochTotals whole (not by evolve): a new field must be set there
+    too, or a read would reset it."""
+    import inspect
+
+    import attrs
+
+    from engine.core import window
+    from engine.core.state import EpochTotals
+    source = inspect.getsource(window.FigureWindow.read)
+    assert all(f"{name}=" in source for name in attrs.fields_dict(EpochTotals))
