@@ -13,7 +13,6 @@ made; 130 stopped by SIGINT or SIGTERM, resumable.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Any
 
@@ -78,7 +77,7 @@ def cmd_sweep(args: Any) -> int:
     threads = local.threads_per_worker(workers)
     local.set_threads(threads)
     standby = None
-    if workers > 1 and hasattr(os, "fork"):
+    if workers > 1 and local.can_fork():
         # the other workers are forks of this process, bare (no thread, no store, no check
         # run yet) but with torch, Optuna and the first optimizer loaded: they cost no start-up
         local.warm_imports()

@@ -47,6 +47,13 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def can_fork() -> bool:
+    """Whether the workers can be forks of this process: a fork exists here (not on Windows)
+    and CUDA is not initialised yet (a forked child cannot use it then)."""
+    import torch  # deferred: only workers that train need it
+    return hasattr(os, "fork") and not torch.cuda.is_initialized()
+
+
 def warm_imports() -> None:
     """Load what every worker's first run would: the first optimizer (torch._dynamo), Optuna."""
     import torch  # deferred: only workers that train need it
@@ -94,14 +101,16 @@ class Forked:
 class Standby:
     """Forked processes waiting for a study directory (one pipe each)."""
 
-    def __init__(self, children: list[tuple[int, int]], parent: int) -> None:
+    def __init__(self, children: list[tuple[int, int]]) -> None:
         self._children = children   # (pid, write end of its pipe)
-        self._parent = parent
 
     def start(self, study_dir: Path) -> list[Forked]:
         """Send each waiting process the study: it becomes a worker of it. Their handles."""
         for _, fd in self._children:
-            os.write(fd, (str(study_dir) + "\n").encode())
+            try:
+                os.write(fd, (str(study_dir) + "\n").encode())
+            except OSError:   # it died meanwhile: its handle's exit code says so
+                pass
         return self._close()
 
     def cancel(self) -> None:
@@ -144,7 +153,7 @@ def fork_standby(n: int, recipes: str | None, threads: int | None = None) -> Sta
                 os._exit(code)
         os.close(read)
         children.append((pid, write))
-    return Standby(children, parent)
+    return Standby(children)
 
 
 def _child(read: int, parent: int, index: int, recipes: str | None,

@@ -199,7 +199,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
                 wait_until(lambda m=mtime, f=last: f.exists() and f.stat().st_mtime_ns != m,
                            proc)
                 mtime = last.stat().st_mtime_ns
-            landed = wait_until(lambda: any(last.parent.glob("last.pt.*.tmp")), proc)
+            landed = wait_until(lambda last=last: any(last.parent.glob("last.pt.*.tmp")), proc)
         assert landed, f"the run ended before kill {i + 1}; make it longer {note}"
         kill(proc, kind, run)
         assert last.exists(), note

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,22 @@ def test_a_cancelled_standby_ends_without_a_trace(tmp_path, monkeypatch):
             os.waitpid(pid, os.WNOHANG)
     assert list(tmp_path.iterdir()) == []
     standby.cancel()   # twice: a no-op
+
+
+def test_a_fork_that_died_while_waiting_is_reported_not_raised(tmp_path, monkeypatch):
+    """start() on a study after a waiting fork was killed: no BrokenPipeError, and its
+    handle says how it ended (the sweep then reports the study unfinished)."""
+    monkeypatch.chdir(tmp_path)
+    standby = local.fork_standby(1, None)
+    ((pid, _),) = standby._children
+    os.kill(pid, signal.SIGKILL)
+    (proc,) = standby.start(tmp_path)
+    deadline = time.time() + 30
+    while proc.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
