@@ -134,9 +134,10 @@ class PlotWriter:
         if event is Event.FIT_START:
             plot_service.service().warm()   # matplotlib loads in the helper while we train
             return
-        if not state.history.get("epoch"):
-            return
+        final = event is Event.FIT_END
+        if not state.history.get("epoch") or not (final or plot_service.service().live):
+            return   # no frames while training (a study's runs): not even the history's copy
         metrics = {**run.metrics_extra, "history": history_lists(state.history),
                    "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss}}
         plot_service.service().submit(run.run_dir / "metrics.png", metrics,
-                                      f"{run.name} {run.run_id}", final=event is Event.FIT_END)
+                                      f"{run.name} {run.run_id}", final=final)

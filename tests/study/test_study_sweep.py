@@ -39,6 +39,8 @@ def test_grid_study_end_to_end(tmp_path):
     folder = study_dir(tmp_path)
     runs = run_dirs(folder)
     assert len(runs) == 6
+    # drawn once, at each run's end (no frames while it trained), and on disk by the exit
+    assert all((r / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for r in runs)
     blocks = [metrics(r)["study"] for r in runs]
     assert {(b["configuration"], b["replicate"]) for b in blocks} == {
         (c, s) for c in (0, 1) for s in (0, 1, 2)}
