@@ -48,10 +48,11 @@ def set_threads(threads: int | None) -> None:
 
 
 def can_fork() -> bool:
-    """Whether the workers can be forks of this process: a fork exists here (not on Windows)
-    and CUDA is not initialised yet (a forked child cannot use it then)."""
+    """Whether the workers can be forks of this process: on Linux (macOS's system frameworks
+    are not safe to fork without exec, which is why Python spawns there; Windows has no fork),
+    and before CUDA is initialised (a forked child cannot use it then)."""
     import torch  # deferred: only workers that train need it
-    return hasattr(os, "fork") and not torch.cuda.is_initialized()
+    return sys.platform.startswith("linux") and not torch.cuda.is_initialized()
 
 
 def warm_imports() -> None:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import engine
+from helpers import ROOT, engine
 
 from engine.study import local
 
@@ -101,4 +103,36 @@ def test_forked_workers_share_the_study(tmp_path):
     records = [json.loads(p.read_text()) for p in sorted((folder / "pairs").glob("*.json"))]
     assert len(records) == 6 and len({r["run_id"] for r in records}) == 6
     assert len({r["worker"]["pid"] for r in records}) == 2
+    assert all(r["status"] == "completed" for r in records)
+
+
+def test_workers_are_forks_only_where_that_is_safe(monkeypatch):
+    """Linux before CUDA is initialised: forks; macOS, Windows, or CUDA in use: processes."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    for platform, expected in (("linux", True), ("darwin", False), ("win32", False)):
+        monkeypatch.setattr(local.sys, "platform", platform)
+        assert local.can_fork() is expected, platform
+    monkeypatch.setattr(local.sys, "platform", "linux")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert local.can_fork() is False
+
+
+@pytest.mark.slow
+def test_without_fork_the_workers_are_sweep_worker_processes(tmp_path):
+    """can_fork() False (macOS, Windows, CUDA in use): the other worker is a fresh `sweep
+    --worker` process; the pairs are shared and each runs once, as with forks."""
+    code = ("import sys; import engine.study.local as local; local.can_fork = lambda: False; "
+            "from engine.cli import main; raise SystemExit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, "sweep", "tiny", "--recipes",
+                           str(RECIPES), "--grid", "model.width=2,4", "--seeds", "2",
+                           "--workers", "2", "--set", "model.step_sleep=0.1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "artifacts" / "studies" / "tiny").iterdir()
+    (log,) = (folder / "workers").iterdir()
+    assert "worker joins study" in log.read_text() and "forked" not in log.read_text()
+    records = [json.loads(p.read_text()) for p in sorted((folder / "pairs").glob("*.json"))]
+    assert len(records) == 4 and len({r["run_id"] for r in records}) == 4
     assert all(r["status"] == "completed" for r in records)
