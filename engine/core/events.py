@@ -95,20 +95,22 @@ def emit_quietly(table: dict, event: Event, state: Any) -> None:
             pass
 
 
-def emit_to_the_end(table: dict, event: Event, state: Any) -> None:
-    """`emit`, for the run's last event: a second signal (KeyboardInterrupt) anywhere in it
-    (inside an observer, or between two) runs the observer it reached again and the ones after
-    it (quietly), so metrics.json and the log get their last word; then the interrupt goes on."""
-    listeners_ = table[event]
-    reached = 0
-    try:
-        while reached < len(listeners_):
-            listeners_[reached](event, state)
-            reached += 1
-    except KeyboardInterrupt:
-        for rest in listeners_[reached:]:   # the interrupted one too: it may not have written
-            try:
-                rest(event, state)
-            except Exception:
-                pass
-        raise
+def emit_counted(table: dict, event: Event, ending: list) -> None:
+    """`emit` of `ending = [state, observers done]`, counting each observer done in
+    `ending[1]`, so that a second signal (KeyboardInterrupt), which can land on any line (even
+    this function's entry, before any `try` of its own), lets the caller finish the rest with
+    `emit_rest_quietly`. The counting list is made by the caller inside its own `try`."""
+    state = ending[0]
+    for callback in table[event][ending[1]:]:
+        callback(event, state)
+        ending[1] += 1
+
+
+def emit_rest_quietly(table: dict, event: Event, ending: list) -> None:
+    """The observers `emit_counted` had not finished (the one it was in too: it may not have
+    written), each allowed to fail: metrics.json and the log get their last word."""
+    for callback in table[event][ending[1]:]:
+        try:
+            callback(event, ending[0])
+        except Exception:
+            pass

@@ -22,7 +22,7 @@ from engine.core import distributed, rng
 from engine.core.batches import epoch_batches, start_run
 from engine.core.building import blame
 from engine.core.errors import UserError
-from engine.core.events import Event, emit, emit_quietly, emit_to_the_end
+from engine.core.events import Event, emit, emit_counted, emit_quietly, emit_rest_quietly
 from engine.core.failures import (
     RecipeRaised,
     RunEnded,
@@ -43,20 +43,25 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
     completed / early_stopped / a `stop_when` status, interrupted (a signal: last.pt written;
     before the first step: nothing written), failed (a non-finite loss). Recipe code that raises
     ends it as RecipeRaised, carrying the failed state, after FAILURE and FIT_END."""
+    ending: list = []   # [the final state, FIT_END observers done] once FIT_END is under way
     try:
         state = _ended(w, state, resume_rng)
-        # inside the try: a second signal landing here still gets its FIT_END below
+        # all inside the try: a second signal may land on any line, the calls' entries too
         if state.status == "running":
             state = attrs.evolve(state, status="completed")
+        ending[:] = [state, 0]
+        emit_counted(w.table, Event.FIT_END, ending)
     except StoppedBeforeStart as stopped:
         return attrs.evolve(stopped.state, status="interrupted")   # no observer has started
     except KeyboardInterrupt as exc:
         # a second signal, even one landing while the first one's last.pt is written: stop
-        # now; the files on disk are whole (atomic writes)
-        emit_quietly(w.table, Event.FIT_END,
-                     attrs.evolve(getattr(exc, "state", state), status="interrupted"))
+        # now; the files on disk are whole (atomic writes), and FIT_END's observers finish
+        if ending:
+            emit_rest_quietly(w.table, Event.FIT_END, ending)
+        else:
+            emit_quietly(w.table, Event.FIT_END,
+                         attrs.evolve(getattr(exc, "state", state), status="interrupted"))
         raise
-    emit_to_the_end(w.table, Event.FIT_END, state)
     return state
 
 
