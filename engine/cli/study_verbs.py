@@ -71,7 +71,7 @@ def cmd_sweep(args: Any) -> int:
         plot_service.service().warm()   # matplotlib loads while this process imports torch
         return _join(args)
     workers = args.workers or 1
-    if workers == 1:
+    if workers == 1:   # matplotlib loads while this process imports torch
         plot_service.service().warm()
     from engine.study import local, sweep  # deferred: start-up time
     threads = local.threads_per_worker(workers)
@@ -83,6 +83,9 @@ def cmd_sweep(args: Any) -> int:
         local.warm_imports()
         standby = local.fork_standby(workers - 1, args.recipes, threads)
     try:
+        # with forks, only now (a helper's reader thread must not be forked): matplotlib loads
+        # while this process checks the flags, not in a backlog at the study's end
+        plot_service.service().warm()
         return _sweep(args, sweep, workers, standby)
     finally:
         if standby is not None:
@@ -90,10 +93,6 @@ def cmd_sweep(args: Any) -> int:
 
 
 def _sweep(args: Any, sweep: Any, workers: int, standby: Any) -> int:
-    from engine.io import plot_service  # deferred: start-up time
-    # the plot helper imports matplotlib while this process checks the flags: the first runs'
-    # metrics.png are drawn meanwhile, not in a backlog at the study's end
-    plot_service.service().warm()
     if args.resume:
         from engine.study import resume  # deferred: start-up time
         study_dir, spec, _ = resume.open_study(args.resume)
@@ -122,7 +121,7 @@ def _sweep(args: Any, sweep: Any, workers: int, standby: Any) -> int:
 
 def _join(args: Any) -> int:
     from engine.study.resume import open_study  # deferred: start-up time
-    from engine.study.worker import work  # deferred: start-up time
+    from engine.study.worker import said, work  # deferred: start-up time
     given = _given_flags(args) + (["--resume"] if args.resume else []) + (
         ["--workers"] if args.workers else [])
     if given:
@@ -132,11 +131,6 @@ def _join(args: Any) -> int:
     study_dir, spec, _ = open_study(args.worker)
     _refuse_sqlite(spec.storage, 2, f"--worker {study_dir}")
     print(f"worker joins study {study_dir}", flush=True)
-
-    def said(record: dict, outcome: Any) -> None:
-        print(f"configuration {record['configuration']} replicate {record['replicate']}: "
-              f"{outcome.status} (value {outcome.value}) runs/{record['run_id']}", flush=True)
-
     return _EXITS[work(study_dir, recipes=args.recipes, on_done=said)]
 
 

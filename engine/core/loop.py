@@ -107,9 +107,9 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             # --- train one epoch (a resumed run may start inside it)
             if state.batch == 0:
                 # the RNG at the epoch's start: what a mid-epoch checkpoint resumes from
-                state = attrs.evolve(state, epoch=epoch, epoch_rng=rng.rng_state() if getattr(
-                    w.checkpointer, "writes", True) else None, totals=EpochTotals(
-                        lr=run.optimizer.param_groups[0]["lr"]))
+                state = attrs.evolve(state, epoch=epoch, totals=EpochTotals(
+                    lr=run.optimizer.param_groups[0]["lr"]),
+                    epoch_rng=rng.rng_state() if w.checkpointer.writes else None)
             batches = epoch_batches(run, state, resume_rng)
             resume_rng = None
             if not started:
@@ -123,15 +123,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             if run.schedule is not None and run.schedule.interval == "epoch":
                 run.schedule.scheduler.step()
             improved = validated and state.improved
-            status = state.status
-            if validated and w.stop_when is not None and status == "running":
-                status = w.stop_when(state) or "running"
-            # one new record for the epoch's end; the best weights are a device copy, no host
-            # sync (RunResult.model gets them)
-            state = attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(),
-                                 status=status, best_weights=_best_weights(
-                                     run.model, state.best_weights) if improved
-                                 else state.best_weights)
+            state = _epoch_ended(w, state, epoch, validated, improved)
             # --- checkpoint, then tell the observers
             if train.nan_policy == "rollback":
                 w.rollback.take(run)
@@ -157,6 +149,18 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
         raise
     except Exception as exc:
         raise RecipeRaised(str(exc), state) from exc
+
+
+def _epoch_ended(w: Wiring, state: LoopState, epoch: int, validated: bool,
+                 improved: bool) -> LoopState:
+    """The epoch's end as one new record: the next epoch, a `stop_when` status, and on an
+    improvement the best weights (a device copy, no host sync: RunResult.model gets them)."""
+    status = state.status
+    if validated and w.stop_when is not None and status == "running":
+        status = w.stop_when(state) or "running"
+    best = _best_weights(w.run.model, state.best_weights) if improved else state.best_weights
+    return attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(), status=status,
+                        best_weights=best)
 
 
 def _validate(w: Wiring, state: LoopState) -> LoopState:

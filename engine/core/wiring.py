@@ -16,7 +16,10 @@ from engine.core.window import FigureWindow
 
 
 class Checkpointer(Protocol):
-    """Writes a run's checkpoints; each method returns the paths it wrote (best first)."""
+    """Writes a run's checkpoints; each method returns the paths it wrote (best first).
+    `writes` False: it writes nothing, so the loop skips what only checkpoints need."""
+
+    writes: bool
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
         """Write last.pt (mid-epoch when a signal or checkpoint_every_n_steps asks)."""
@@ -31,7 +34,7 @@ class Checkpointer(Protocol):
 class NoCheckpoints:
     """The checkpointer of a run without a run directory: writes nothing."""
 
-    writes = False   # so the loop skips what only checkpoints need (each epoch's RNG states)
+    writes = False   # the loop skips each epoch's RNG capture
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
         """Nothing to write."""

@@ -85,6 +85,8 @@ class RunDirCheckpointer:
     (a full disk, a folder removed) ends the run as failed, naming the path and the OS error;
     every file written before stays whole (atomic writes)."""
 
+    writes = True
+
     def __init__(self, run: Run, is_main: bool, sync: bool = False) -> None:
         self.run, self.is_main = run, is_main
         self.folder = run.run_dir / "checkpoints"

@@ -25,7 +25,6 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 # what a worker's outcome means to the process that waits for it (the CLI's exit codes)
 _EXIT = {"done": 0, "failed": 1, "interrupted": 130}
@@ -64,8 +63,9 @@ def warm_imports() -> None:
     quiet_optuna()
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM when the sweep that forked this process dies (Linux); gone already: exit."""
+def die_with_parent(parent: int) -> None:
+    """In a worker process: SIGTERM when the sweep that started it (pid `parent`) dies
+    (Linux); gone already: exit."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -160,7 +160,7 @@ def fork_standby(n: int, recipes: str | None, threads: int | None = None) -> Sta
 def _child(read: int, parent: int, index: int, recipes: str | None,
            threads: int | None) -> int:
     os.setsid()   # a Ctrl-C meant for the sweep reaches the workers through the sweep
-    _die_with_parent(parent)
+    die_with_parent(parent)
     with os.fdopen(read, "rb") as pipe:
         line = pipe.readline().decode().strip()
     if not line:
@@ -174,14 +174,9 @@ def _child(read: int, parent: int, index: int, recipes: str | None,
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     set_threads(threads)
     from engine.io import plot_service
-    from engine.study.worker import work
+    from engine.study.worker import said, work
     plot_service.service().warm()   # its matplotlib loads while the first run trains
     import torch  # deferred: only workers that train need it
     print(f"worker joins study {study_dir} (forked from the sweep, pid {parent}; "
           f"{torch.get_num_threads()} torch thread(s))", flush=True)
-
-    def said(record: dict, outcome: Any) -> None:
-        print(f"configuration {record['configuration']} replicate {record['replicate']}: "
-              f"{outcome.status} (value {outcome.value}) runs/{record['run_id']}", flush=True)
-
     return _EXIT[work(study_dir, recipes=recipes, on_done=said)]

@@ -14,7 +14,7 @@ SIGTERM from the kernel).
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -26,6 +26,7 @@ from typing import Any
 from engine.io.files import atomic_write_text
 from engine.io.run_dir import check_writable, new_run_id
 from engine.study import claims, store
+from engine.study.local import die_with_parent
 from engine.study.spec import StudySpec
 from engine.study.worker import SignalFlag, load, work
 
@@ -72,14 +73,6 @@ def _bar(study_dir: Path, spec: StudySpec) -> Any:
                 disable=None)
 
 
-def _die_with_parent() -> None:
-    """In a worker process: SIGTERM when the sweep that started it dies (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def start_workers(study_dir: Path, n: int, recipes: str | None) -> list[subprocess.Popen]:
     """Start `n` worker processes on this machine, each logging to workers/; their handles."""
     logs = study_dir / "workers"
@@ -92,7 +85,8 @@ def start_workers(study_dir: Path, n: int, recipes: str | None) -> list[subproce
         with open(logs / f"worker-{os.getpid()}-{i}.log", "ab") as log:
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True,
-                                          preexec_fn=_die_with_parent))
+                                          preexec_fn=functools.partial(
+                                              die_with_parent, os.getpid())))
     return procs
 
 

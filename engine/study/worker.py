@@ -114,6 +114,12 @@ class SignalFlag:
             self._pipe = None
 
 
+def said(record: dict, outcome: Outcome) -> None:
+    """A worker's line for a finished pair (its log, or a `--worker`'s stdout)."""
+    print(f"configuration {record['configuration']} replicate {record['replicate']}: "
+          f"{outcome.status} (value {outcome.value}) runs/{record['run_id']}", flush=True)
+
+
 def objective_value(history: dict, best_epoch: int | None, metric: str) -> float | None:
     """The objective: `metric` at the run's best validation (None when it has none)."""
     return at_best({"history": history, "best": {"epoch": best_epoch}}, metric)
