@@ -42,6 +42,10 @@ class Event(enum.Enum):
     FIT_END = "fit_end"
     FAILURE = "failure"
 
+    # members are singletons: the identity hash (C) finds them in the listener table without
+    # Enum's Python-level __hash__ (a call per lookup, a few per epoch)
+    __hash__ = object.__hash__
+
 
 def listens_to(*events: Event) -> Callable[[Callable], Callable]:
     """Mark a callback function with the events it wants (others are never sent to it)."""

@@ -14,12 +14,12 @@ import math
 import traceback
 from typing import Any
 
-import attrs
 import torch
 
 import steps
 from engine.core import distributed, rng
 from engine.core.batches import epoch_batches, start_run
+from engine.core.best_weights import copy_best
 from engine.core.building import blame
 from engine.core.errors import UserError
 from engine.core.events import Event, emit, emit_counted, emit_quietly, emit_rest_quietly
@@ -33,7 +33,7 @@ from engine.core.failures import (
 )
 from engine.core.nonfinite import drop_step
 from engine.core.recipe import StepContext
-from engine.core.state import EpochTotals, LoopState, record_validation, should_validate
+from engine.core.state import EpochTotals, LoopState, evolve, record_validation, should_validate
 from engine.core.validation import history_row, validate
 from engine.core.wiring import Wiring
 
@@ -48,11 +48,11 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
         state = _ended(w, state, resume_rng)
         # all inside the try: a second signal may land on any line, the calls' entries too
         if state.status == "running":
-            state = attrs.evolve(state, status="completed")
+            state = evolve(state, status="completed")
         ending[:] = [state, 0]
         emit_counted(w.table, Event.FIT_END, ending)
     except StoppedBeforeStart as stopped:
-        return attrs.evolve(stopped.state, status="interrupted")   # no observer has started
+        return evolve(stopped.state, status="interrupted")   # no observer has started
     except KeyboardInterrupt as exc:
         # a second signal, even one landing while the first one's last.pt is written: stop
         # now; the files on disk are whole (atomic writes), and FIT_END's observers finish
@@ -60,7 +60,7 @@ def run_loop(w: Wiring, state: LoopState, resume_rng: Any = None) -> LoopState:
             emit_rest_quietly(w.table, Event.FIT_END, ending)
         else:
             emit_quietly(w.table, Event.FIT_END,
-                         attrs.evolve(getattr(exc, "state", state), status="interrupted"))
+                         evolve(getattr(exc, "state", state), status="interrupted"))
         raise
     return state
 
@@ -70,7 +70,7 @@ def _ended(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
     try:
         return _epochs(w, state, resume_rng)
     except StopRequested as stopped:
-        state = attrs.evolve(stopped.state, status="interrupted")
+        state = evolve(stopped.state, status="interrupted")
         try:
             return _save_last(w, state, mid_epoch=True)
         except KeyboardInterrupt as exc:   # a second signal during the write
@@ -107,7 +107,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             # --- train one epoch (a resumed run may start inside it)
             if state.batch == 0:
                 # the RNG at the epoch's start: what a mid-epoch checkpoint resumes from
-                state = attrs.evolve(state, epoch=epoch, totals=EpochTotals(
+                state = evolve(state, epoch=epoch, totals=EpochTotals(
                     lr=run.optimizer.param_groups[0]["lr"]),
                     epoch_rng=rng.rng_state() if w.checkpointer.writes else None)
             batches = epoch_batches(run, state, resume_rng)
@@ -128,7 +128,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             if train.nan_policy == "rollback":
                 w.rollback.take(run)
             for path in w.checkpointer.save_epoch_end(state, improved=improved):
-                state = attrs.evolve(state, checkpoint_path=path)
+                state = evolve(state, checkpoint_path=path)
                 emit(w.table, Event.CHECKPOINT_WRITTEN, state)
             if validated:
                 emit(w.table, Event.VALIDATION_END, state)
@@ -138,7 +138,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             # a stop that arrives during the last epoch's end leaves nothing to resume
             if epoch + 1 < train.epochs and distributed.any_rank(
                     w.stop.count > 0, w.world, run.device):
-                return attrs.evolve(state, status="interrupted")
+                return evolve(state, status="interrupted")
         if not started:   # nothing left to train (a resume of a finished run)
             start_run(w, state, None)
         return state
@@ -158,8 +158,8 @@ def _epoch_ended(w: Wiring, state: LoopState, epoch: int, validated: bool,
     status = state.status
     if validated and w.stop_when is not None and status == "running":
         status = w.stop_when(state) or "running"
-    best = _best_weights(w.run.model, state.best_weights) if improved else state.best_weights
-    return attrs.evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(), status=status,
+    best = copy_best(w.run.model, state.best_weights, w.weights) if improved else state.best_weights
+    return evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(), status=status,
                         best_weights=best)
 
 
@@ -200,7 +200,7 @@ def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
             # reductions go out of step
             if check_each_step and distributed.any_rank(not torch.isfinite(loss), world,
                                                         device):
-                state = drop_step(run, attrs.evolve(state, step=step, batch=batch_i),
+                state = drop_step(run, evolve(state, step=step, batch=batch_i),
                                   w.rollback)
                 dropping = not boundary   # the rest of this accumulation group goes with it
                 continue
@@ -228,30 +228,14 @@ def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
             if checkpoint_due:
                 state = _save_last(w, state, mid_epoch=True)
             if on_step:
-                state = attrs.evolve(state, step=step, batch=batch_i)
+                state = evolve(state, step=step, batch=batch_i)
                 for cb in on_step:
                     cb(Event.STEP_END, state)
         return window.read(state, w.stop, step, batch_i, epoch_end=True)
     except (RunEnded, UserError):
         raise
     except BaseException as exc:
-        return _raised(exc, attrs.evolve(state, step=step, batch=batch_i))
-
-
-_copy_all = getattr(torch, "_foreach_copy_", None)
-
-
-def _best_weights(model: torch.nn.Module, last: dict | None) -> dict:
-    """The model's weights copied on its device: into the tensors of the last best copy when
-    they match (one call for every tensor, nothing allocated), else into new ones."""
-    current = model.state_dict()
-    if last is not None and _copy_all is not None and last.keys() == current.keys():
-        try:
-            _copy_all(list(last.values()), list(current.values()))
-            return last
-        except RuntimeError:   # a shape or device changed: a fresh copy
-            pass
-    return {k: v.detach().clone() for k, v in current.items()}
+        return _raised(exc, evolve(state, step=step, batch=batch_i))
 
 
 def _raised(exc: BaseException, state: LoopState) -> LoopState:
@@ -266,6 +250,6 @@ def _raised(exc: BaseException, state: LoopState) -> LoopState:
 
 def _save_last(w: Wiring, state: LoopState, *, mid_epoch: bool) -> LoopState:
     for path in w.checkpointer.save_last(state, mid_epoch=mid_epoch):
-        state = attrs.evolve(state, checkpoint_path=path)
+        state = evolve(state, checkpoint_path=path)
         emit(w.table, Event.CHECKPOINT_WRITTEN, state)
     return state

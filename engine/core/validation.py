@@ -36,7 +36,7 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
     keys, sums, counts = rows.result()
     sums = sums.tolist() if keys else []   # one host sync per validation
     figures = distributed.all_sum(sums + counts, world, device)
-    return {k: figures[i] / figures[len(keys) + i] for i, k in enumerate(keys)}
+    return dict(zip(keys, [s / c for s, c in zip(figures, figures[len(keys):])]))
 
 
 class _Sums:
@@ -82,7 +82,7 @@ class _Sums:
         if self.keys is None:
             return
         if self.row is not None:
-            for i, key in enumerate(("val_loss", *(f"val_{k}" for k in self.keys))):
+            for i, key in enumerate(["val_loss", *[f"val_{k}" for k in self.keys]]):
                 self.totals[key] = self.row[i]
                 self.counts[key] = self.count
         self.keys, self.row = None, None

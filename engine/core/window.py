@@ -12,12 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import attrs
 import torch
 
 from engine.core import distributed
 from engine.core.failures import StopRequested, TrainingFailed
-from engine.core.state import EpochTotals, LoopState
+from engine.core.state import EpochTotals, LoopState, evolve
 
 
 class FigureWindow:
@@ -69,11 +68,11 @@ class FigureWindow:
             # summed in the same collective as the flags
             loss_sum, n_losses = t.loss_sum + flags[2], int(flags[3])
             recent = flags[2] / flags[3] if flags[3] else state.recent_loss
-        # made whole, not evolved: evolve reads every field with a call of its own
+        # made whole, not evolved: attrs.evolve reads every field with a call of its own
         totals = EpochTotals(lr=t.lr, loss_sum=loss_sum, losses=t.losses + n_losses,
                              norm_sum=norm_sum, norms=t.norms + len(norms), clipped=clipped,
                              nonfinite=t.nonfinite)
-        state = attrs.evolve(state, totals=totals, recent_loss=recent, step=step, batch=batch)
+        state = evolve(state, totals=totals, recent_loss=recent, step=step, batch=batch)
         if flags[0]:
             at = first + (bad_at // self.accum if bad_at is not None else 0)
             raise TrainingFailed(f"non-finite training loss at epoch {state.epoch + 1}, step "

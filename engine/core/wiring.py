@@ -10,6 +10,7 @@ import attrs
 import torch
 
 import steps
+from engine.core.best_weights import WeightsPlan, plan_weights
 from engine.core.nonfinite import Rollback
 from engine.core.state import LoopState, Run
 from engine.core.window import FigureWindow
@@ -102,6 +103,7 @@ class Wiring:
     window: FigureWindow = attrs.field(init=False)
     rollback: Rollback = attrs.field(init=False, factory=Rollback)
     settings: StepSettings = attrs.field(init=False)
+    weights: WeightsPlan | None = attrs.field(init=False)
 
     @window.default
     def _window(self) -> FigureWindow:
@@ -112,3 +114,7 @@ class Wiring:
     @settings.default
     def _settings(self) -> StepSettings:
         return step_settings(self.run, self.world)
+
+    @weights.default
+    def _weights(self) -> WeightsPlan | None:
+        return plan_weights(self.run.model)
