@@ -25,12 +25,15 @@ from engine.io import checkpoint as ckpt
 from engine.io.files import atomic_write_shared
 
 
-def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool) -> dict:
-    """Everything a resume needs, as tensors and plain values (weights_only loads it)."""
+def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool,
+                    config: dict | None = None) -> dict:
+    """Everything a resume needs, as tensors and plain values (weights_only loads it).
+    `config`: `to_dict(run.cfg)` when the caller keeps it (the config is frozen for a run)."""
     loop = loop_state_dict(state)
     loop["totals"] = attrs.asdict(state.totals) if mid_epoch else None
     return {
-        "format": ckpt.FORMAT, "recipe": run.name, "config": to_dict(run.cfg),
+        "format": ckpt.FORMAT, "recipe": run.name,
+        "config": config if config is not None else to_dict(run.cfg),
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.schedule.scheduler.state_dict() if run.schedule else None,
         "scaler": run.scaler.state_dict() if run.scaler else None,
@@ -95,6 +98,7 @@ class RunDirCheckpointer:
         # otherwise the run's file writer (run.files) writes them while training goes on
         self.sync = sync or run.files is None
         self.epoch_files: set[Path] = set()   # handed over, maybe not on disk yet
+        self.config = to_dict(run.cfg)   # read once: every checkpoint of the run holds it
 
     def save_last(self, state: LoopState, *, mid_epoch: bool) -> list[str]:
         """checkpoints/last.pt now (a stop signal, or checkpoint_every_n_steps)."""
@@ -175,7 +179,7 @@ class RunDirCheckpointer:
             self.run.files.flush()
 
     def _serialized(self, state: LoopState, mid_epoch: bool, path: Path) -> bytes:
-        checkpoint = checkpoint_dict(self.run, state, mid_epoch=mid_epoch)
+        checkpoint = checkpoint_dict(self.run, state, mid_epoch=mid_epoch, config=self.config)
         data = ckpt.to_bytes(checkpoint)
         if not self.checked:
             _safe_to_load(checkpoint, data, path, state)
@@ -186,7 +190,9 @@ class RunDirCheckpointer:
         # at an epoch's end the state has moved on to the next epoch: blame the one just done
         epoch = state.epoch - 1 if epoch_end else state.epoch
         where = exc.filename or self.folder
-        return TrainingFailed(f"a checkpoint could not be written: {where}: "
+        # the run's writer also writes metrics.json and config.toml: say which kind failed
+        what = "a checkpoint" if str(where).endswith(".pt") else "a file of the run"
+        return TrainingFailed(f"{what} could not be written: {where}: "
                               f"{exc.strerror or exc}", state, epoch, max(state.step - 1, 0))
 
     def close(self) -> None:

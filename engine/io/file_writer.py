@@ -103,10 +103,21 @@ class FileWriter:
                     path.unlink(missing_ok=True)
             except OSError as exc:
                 if self._error is None:   # the first one is the one to report
-                    self._error = exc
+                    self._error = _named(exc, path, data if kind == "shared" else None)
             with self._busy:
                 self._jobs.popleft()   # only now: flush() waits for the job in progress too
                 self._busy.notify_all()
+
+
+def _named(exc: OSError, path: Path | list[Path], shared: tuple | None) -> OSError:
+    """The error naming the file being written (config.toml), not its temporary name
+    (config.toml.123.ab12cd34.tmp): what the run's failure message shows."""
+    targets = [*path, *(p for p, _ in shared[1])] if shared is not None else [path]
+    name = Path(exc.filename).name if exc.filename else ""
+    for target in targets:
+        if name == target.name or (name.startswith(target.name + ".") and name.endswith(".tmp")):
+            return type(exc)(exc.errno, exc.strerror, str(target))
+    return exc
 
 
 @atexit.register

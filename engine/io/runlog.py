@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from engine.io.files import atomic_write_text
 
@@ -37,15 +38,20 @@ DEFAULT = RESET
 """
 
 
-def start(run_dir: Path) -> None:
-    """Send the log to `run_dir/train.log` (and the console); write `run_dir/beautilog.ini`."""
+def start(run_dir: Path, files: Any = None) -> None:
+    """Send the log to `run_dir/train.log` (and the console); write `run_dir/beautilog.ini`
+    (by `files`, the run's FileWriter, when given and beautilog need not read it now)."""
     ini = run_dir / "beautilog.ini"
-    atomic_write_text(ini, _INI)
     log_path = str((run_dir / "train.log").resolve())
     root = logging.getLogger()
-    if hasattr(root, "update_log_file_path"):
+    if hasattr(root, "update_log_file_path"):   # beautilog is set up: the ini is a record
+        if files is None:
+            atomic_write_text(ini, _INI)
+        else:
+            files.write(ini, _INI.encode("utf-8"))
         root.update_log_file_path(log_path)
     else:
+        atomic_write_text(ini, _INI)   # the first run: beautilog reads it on import
         previous = os.environ.get("BEAUTILOG_CONFIG_PATH")
         os.environ["BEAUTILOG_CONFIG_PATH"] = str(ini.resolve())
         try:

@@ -53,7 +53,11 @@ class MetricsWriter:
     def __call__(self, event: Event, state: Any) -> None:
         run = state.run
         if event is Event.FIT_START:
-            atomic_write_text(run.run_dir / "config.toml", to_toml(run.cfg))
+            config = to_toml(run.cfg)
+            if run.files is None:
+                atomic_write_text(run.run_dir / "config.toml", config)
+            else:   # by the run's writer, before the first metrics.json: no fsync wait here
+                run.files.write(run.run_dir / "config.toml", config.encode("utf-8"))
         error = None
         if state.error:
             error = {k: state.error[k] for k in ("epoch", "step", "message")}
@@ -83,7 +87,7 @@ class RunLog:
     def __call__(self, event: Event, state: Any) -> None:
         run, train = state.run, state.run.cfg.train
         if event is Event.FIT_START:
-            runlog.start(run.run_dir)
+            runlog.start(run.run_dir, run.files)
             self.started = time.monotonic()
             params = sum(p.numel() for p in run.model.parameters())
             LOG.info("run %s of recipe %s: %d parameters on %s, %d epochs, batch size %d%s",

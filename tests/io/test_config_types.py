@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import textwrap
 
-import pytest
 import tomllib
 
 from engine.cli import main
@@ -100,17 +99,22 @@ def test_a_value_toml_cannot_hold_is_exit_2_before_any_folder(tmp_path, monkeypa
     assert not (tmp_path / "artifacts").exists()
 
 
-def test_an_engine_writer_error_is_not_blamed_on_the_recipe(tmp_path):
-    """config.toml cannot be written (a folder stands in its place): the failure names the
-    engine function, not "recipe 'tiny' (called from the loop)"."""
+def test_a_run_file_that_cannot_be_written_fails_the_run_naming_it(tmp_path):
+    """config.toml cannot be written (a folder stands in its place): the run's writer writes
+    it off the training path, and the run fails at its next checkpoint, naming config.toml
+    (not its temporary name) and the OS error, not blaming the recipe."""
+    import json
+
     import resume_recipe as rr
 
-    from engine import RecipeFailed, fit
+    from engine import fit
     run_dir = tmp_path / "run"
     (run_dir / "config.toml").mkdir(parents=True)
-    with pytest.raises(RecipeFailed) as caught:
-        fit(rr.recipe, rr.make_cfg("train.epochs=1"), run_dir=run_dir)
-    message = str(caught.value)
-    assert "(called from the loop)" not in message and "recipe 'tiny'" not in message
-    assert message.startswith("the engine (not the recipe) in engine.io.files.")
-    assert "IsADirectoryError" in message
+    result = fit(rr.recipe, rr.make_cfg("train.epochs=2"), run_dir=run_dir)
+    assert result.status == "failed"
+    message = result.error["message"]
+    assert message == (f"a file of the run could not be written: {run_dir / 'config.toml'}: "
+                       "Is a directory"), message
+    assert "recipe" not in message
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "failed"
+    assert not list(run_dir.glob("*.tmp"))
