@@ -7,6 +7,7 @@ a second run in the same process moves its file handler to the new run's train.l
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -62,6 +63,7 @@ def start(run_dir: Path, files: Any = None) -> None:
             else:
                 os.environ["BEAUTILOG_CONFIG_PATH"] = previous
     _plain_console_unless_terminal()
+    _plain_file_handler(log_path)
     for noisy in ("matplotlib", "PIL", "torch._dynamo", "torch._inductor"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     LOGGER.setLevel(logging.INFO)
@@ -78,6 +80,23 @@ def _plain_console_unless_terminal() -> None:
             plain.setFormatter(handler.formatter)
             plain.setLevel(handler.level)
             root.removeHandler(handler)
+            root.addHandler(plain)
+
+
+def _plain_file_handler(log_path: str) -> None:
+    # beautilog's RotatingFileHandler stats train.log twice per line (its rollover check):
+    # a lookup in the run directory, which waits while the run's writer fsyncs that folder
+    # (~0.3 ms a line, seen at each validation). A run's log is one file: a plain handler
+    # writes and flushes, and looks nothing up.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (type(handler) is logging.handlers.RotatingFileHandler
+                and handler.baseFilename == log_path):
+            plain = logging.FileHandler(log_path, mode="a", encoding="utf-8")
+            plain.setFormatter(handler.formatter)
+            plain.setLevel(handler.level)
+            root.removeHandler(handler)
+            handler.close()
             root.addHandler(plain)
 
 
