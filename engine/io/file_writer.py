@@ -3,7 +3,9 @@ they were handed over, each atomically (engine.io.files), while the loop goes on
 
 The loop serialises what it hands over (a consistent snapshot: the bytes of last.pt are taken
 when the checkpoint is due), so only the write, its fsync and the rename run in the thread;
-fsync waits on the disk with the GIL released. The first write that fails is kept and raised by
+fsync waits on the disk with the GIL released. A file handed over again before its older
+bytes were written (metrics.json on a slow disk, or its last two versions at a run's end) is
+written once, with the newest bytes. The first write that fails is kept and raised by
 `check` (the checkpointer calls it at every checkpoint) or by `flush`, once: the run
 fails there, naming the path and the OS error; every file written before stays whole, and
 later files (metrics.json saying `failed`) are still written. `flush` (at the end of fit,
@@ -16,6 +18,7 @@ from __future__ import annotations
 import atexit
 import threading
 from collections import deque
+from itertools import islice
 from pathlib import Path
 
 from engine.io.files import atomic_write_bytes, atomic_write_shared
@@ -94,8 +97,15 @@ class FileWriter:
                 if not self._jobs:
                     return
                 kind, path, data = self._jobs[0]
+                # a file rewritten later in the queue (metrics.json after each validation and
+                # at the end) is written once, with its newest bytes: a slow disk never lets
+                # the writer fall behind on it, and the end of a run waits for one write
+                superseded = kind == "write" and any(
+                    job[0] == "write" and job[1] == path for job in islice(self._jobs, 1, None))
             try:
-                if kind == "write":
+                if superseded:
+                    pass
+                elif kind == "write":
                     atomic_write_bytes(path, data)
                 elif kind == "shared":
                     atomic_write_shared(path, *data)
