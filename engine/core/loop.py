@@ -160,7 +160,7 @@ def _epoch_ended(w: Wiring, state: LoopState, epoch: int, validated: bool,
         status = w.stop_when(state) or "running"
     best = copy_best(w.run.model, state.best_weights, w.weights) if improved else state.best_weights
     return evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(), status=status,
-                        best_weights=best)
+                  best_weights=best)
 
 
 def _validate(w: Wiring, state: LoopState) -> LoopState:

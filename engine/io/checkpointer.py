@@ -25,15 +25,14 @@ from engine.io import checkpoint as ckpt
 from engine.io.files import atomic_write_shared
 
 
-def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool,
-                    config: dict | None = None) -> dict:
+def checkpoint_dict(run: Run, state: LoopState, *, mid_epoch: bool, config: dict) -> dict:
     """Everything a resume needs, as tensors and plain values (weights_only loads it).
-    `config`: `to_dict(run.cfg)` when the caller keeps it (the config is frozen for a run)."""
+    `config` is `to_dict(run.cfg)`, made once per run (the config is frozen)."""
     loop = loop_state_dict(state)
     loop["totals"] = attrs.asdict(state.totals) if mid_epoch else None
     return {
         "format": ckpt.FORMAT, "recipe": run.name,
-        "config": config if config is not None else to_dict(run.cfg),
+        "config": config,
         "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.schedule.scheduler.state_dict() if run.schedule else None,
         "scaler": run.scaler.state_dict() if run.scaler else None,

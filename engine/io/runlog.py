@@ -45,14 +45,14 @@ def start(run_dir: Path, files: Any = None) -> None:
     ini = run_dir / "beautilog.ini"
     log_path = str((run_dir / "train.log").resolve())
     root = logging.getLogger()
-    if hasattr(root, "update_log_file_path"):   # beautilog is set up: the ini is a record
-        if files is None:
-            atomic_write_text(ini, _INI)
-        else:
-            files.write(ini, _INI.encode("utf-8"))
+    set_up = hasattr(root, "update_log_file_path")   # beautilog imported by an earlier run
+    if set_up and files is not None:   # a record of the settings: the run's writer writes it
+        files.write(ini, _INI.encode("utf-8"))
+    else:   # the first run's: beautilog reads it on import, now
+        atomic_write_text(ini, _INI)
+    if set_up:
         root.update_log_file_path(log_path)
     else:
-        atomic_write_text(ini, _INI)   # the first run: beautilog reads it on import
         previous = os.environ.get("BEAUTILOG_CONFIG_PATH")
         os.environ["BEAUTILOG_CONFIG_PATH"] = str(ini.resolve())
         try:
