@@ -513,7 +513,8 @@ def print_explanation(workload: str, name: str, runner, hand) -> None:
     mine, base = per_step(*runner), per_step(*hand)
     diff = {k: mine.get(k, 0.0) - base.get(k, 0.0) for k in set(mine) | set(base)}
     print(f"\n{workload}/{name}: calls per step beyond the hand-written loop, by function")
-    for (path, line, func), d in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:25]:
+    top = int(os.environ.get("EXPLAIN_TOP", "25"))   # how many functions to list
+    for (path, line, func), d in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:top]:
         if abs(d) >= 0.05:
             print(f"  {d:+7.2f}  {func}  ({Path(path).name}:{line})")
 

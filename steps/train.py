@@ -9,7 +9,6 @@ hand-composed loop of them and `fit` give the same weights (tests/steps/test_ste
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
@@ -96,12 +95,29 @@ def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
     What `forward_batch` computes there has no autograd history, so nothing is detached
     (a call per metric per batch); a metric it returns from outside, e.g. a tensor kept from
     training, is detached."""
-    grad_off = torch.inference_mode() if inference else torch.no_grad()
-    with grad_off, autocast or contextlib.nullcontext():
-        loss, metrics = split_output(forward_batch(model, batch, ctx))
+    # the guard per batch, not around the loader: the data loading stays outside inference
+    # mode, so a dataset that caches tensors never caches inference tensors
+    with _INFERENCE(True) if inference and _INFERENCE else _grad_off(inference):
+        out = forward_batch(model, batch, ctx) if autocast is None else _under(
+            autocast, forward_batch, model, batch, ctx)
+    loss, metrics = split_output(out)
     if loss.requires_grad:
         loss = loss.detach()
     for key, value in metrics.items():
         if value.requires_grad:
             metrics[key] = value.detach()
     return loss, metrics
+
+
+def _under(autocast: Any, forward_batch: Any, model: Any, batch: Any, ctx: Any) -> Any:
+    with autocast:
+        return forward_batch(model, batch, ctx)
+
+
+# torch's own guard (a C++ object: on from its creation, off at __exit__) where this torch
+# has it: torch.inference_mode() wraps one in a Python class, six Python calls a batch
+_INFERENCE = getattr(torch._C, "_InferenceMode", None)
+
+
+def _grad_off(inference: bool) -> Any:
+    return torch.inference_mode() if inference else torch.no_grad()

@@ -28,10 +28,12 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False    # this fit initialised the process group and tears it down
+    # whether this is one of several processes: a field, not a property, since the loop asks
+    # at every read of its figures and every validation
+    active: bool = attrs.field(init=False)
 
-    @property
-    def active(self) -> bool:
-        """Whether this is one of several processes."""
+    @active.default
+    def _several(self) -> bool:
         return self.world_size > 1
 
     @property

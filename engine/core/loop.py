@@ -95,7 +95,7 @@ def _ended(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
 
 
 def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
-    run, train = w.run, w.run.cfg.train
+    run, train, table = w.run, w.run.cfg.train, w.table
     started = False
     try:
         if resume_rng is not None and state.batch == 0:
@@ -114,7 +114,8 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             resume_rng = None
             if not started:
                 batches, started = start_run(w, state, batches), True
-            emit(w.table, Event.EPOCH_START, state)
+            if table[Event.EPOCH_START]:   # the empty ones cost no call an epoch
+                emit(table, Event.EPOCH_START, state)
             state = _train_epoch(w, state, batches)
             # --- validate and decide
             validated = should_validate(epoch, train.epochs, train.validate_every_n_epochs)
@@ -130,9 +131,10 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
             for path in w.checkpointer.save_epoch_end(state, improved=improved):
                 state = evolve(state, checkpoint_path=path)
                 emit(w.table, Event.CHECKPOINT_WRITTEN, state)
-            if validated:
-                emit(w.table, Event.VALIDATION_END, state)
-            emit(w.table, Event.EPOCH_END, state)
+            if validated and table[Event.VALIDATION_END]:
+                emit(table, Event.VALIDATION_END, state)
+            if table[Event.EPOCH_END]:
+                emit(table, Event.EPOCH_END, state)
             if state.status != "running":
                 break
             # a stop that arrives during the last epoch's end leaves nothing to resume
@@ -159,8 +161,11 @@ def _epoch_ended(w: Wiring, state: LoopState, epoch: int, validated: bool,
     if validated and w.stop_when is not None and status == "running":
         status = w.stop_when(state) or "running"
     best = copy_best(w.run.model, state.best_weights, w.weights) if improved else state.best_weights
-    return evolve(state, epoch=epoch + 1, batch=0, totals=EpochTotals(), status=status,
+    return evolve(state, epoch=epoch + 1, batch=0, totals=_NO_TOTALS, status=status,
                   best_weights=best)
+
+
+_NO_TOTALS = EpochTotals()   # frozen: one record shared by every epoch's end
 
 
 def _validate(w: Wiring, state: LoopState) -> LoopState:
@@ -185,7 +190,8 @@ def _train_epoch(w: Wiring, state: LoopState, batches: Any) -> LoopState:
     forward_batch, on_step = run.recipe.forward_batch, w.table[Event.STEP_END]
     epoch, step, batch_i = state.epoch, state.step, state.batch
     solo = not world.active   # under DDP every rank must read at the same steps (collectives)
-    window.clear()
+    if window.losses or window.norms:   # left by an epoch that ended in an exception
+        window.clear()
     dropping = False   # skip / rollback: the accumulation group holds a non-finite batch
     try:
         for batch in batches:

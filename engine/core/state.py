@@ -107,9 +107,7 @@ def evolve(state: LoopState, **changes: Any) -> LoopState:
     >>> evolve(LoopState(), epoch=2, step=18).step
     18
     """
-    values = dict(zip(_STATE_FIELDS, _read_state(state)))
-    values.update(changes)
-    return LoopState(**values)
+    return LoopState(**{**dict(zip(_STATE_FIELDS, _read_state(state))), **changes})
 
 
 def should_validate(epoch: int, epochs: int, every: int) -> bool:

@@ -3,6 +3,7 @@ and the history row the loop records from it."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,7 +23,8 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
     model, device = (run.model if world.active else run.train_model), run.device
     move = run.recipe.move_batch and device.type != "cpu"
     ctx = StepContext(device, False, epoch, step, run.rank, run.world_size)
-    autocast = steps.autocast(device, run.cfg.train.precision)
+    precision = run.cfg.train.precision
+    autocast = steps.autocast(device, precision) if precision != "fp32" else None
     rows = _Sums()
     model.eval()
     for batch in run.loaders.val:
@@ -99,12 +101,10 @@ def history_row(epoch: int, totals: EpochTotals, val: dict[str, float]) -> dict[
     """The history's row for the validation after `epoch`: the epoch's training figures and
     the validation's (the columns of `engine.core.state.COLUMNS`, then `val_<metric>`)."""
     val = dict(val)
-    return {"epoch": epoch, "train_loss": _mean(totals.loss_sum, totals.losses),
+    # nan: no batch or no optimizer step in the epoch (a resume at its very end)
+    return {"epoch": epoch,
+            "train_loss": totals.loss_sum / totals.losses if totals.losses else math.nan,
             "val_loss": val.pop("val_loss"), "learning_rate": totals.lr,
-            "grad_norm": _mean(totals.norm_sum, totals.norms),
+            "grad_norm": totals.norm_sum / totals.norms if totals.norms else math.nan,
             "clipped_fraction": (totals.clipped / totals.norms) if totals.norms else 0.0,
             "nonfinite_steps": totals.nonfinite, **val}
-
-
-def _mean(total: float, n: int) -> float:
-    return total / n if n else float("nan")

@@ -108,3 +108,21 @@ def test_eval_step_runs_under_inference_mode_unless_asked_not_to():
     assert seen[-1] == (True, False) and loss.is_inference()
     loss, _ = steps.eval_step(model, t.randn(4, 3), forward, None, inference=False)
     assert seen[-1] == (False, False) and not loss.is_inference()
+    assert (t.is_inference_mode_enabled(), t.is_grad_enabled()) == (False, True)
+
+
+def test_eval_step_leaves_inference_mode_and_autocast_off_after_a_failing_batch():
+    """The guards are torch's own C++ objects (on from their creation): a forward_batch that
+    raises leaves neither inference mode nor autocast on for the training that follows."""
+    import torch as t
+
+    def failing(m, batch, ctx):
+        assert t.is_inference_mode_enabled() and t.is_autocast_enabled("cpu")
+        raise ValueError("bad batch")
+
+    cast = steps.autocast(t.device("cpu"), "bf16")
+    for _ in range(2):   # the autocast context is reused, as the loop reuses it
+        with pytest.raises(ValueError, match="bad batch"):
+            steps.eval_step(t.nn.Linear(3, 1), t.randn(4, 3), failing, None, cast)
+        assert not t.is_inference_mode_enabled() and not t.is_autocast_enabled("cpu")
+        assert t.is_grad_enabled() and not t.ones(1).is_inference()
