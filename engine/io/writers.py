@@ -3,7 +3,7 @@
 - `MetricsWriter`: config.toml at the start; metrics.json after every validation and at the end.
 - `RunLog`: train.log through beautilog; a line per validation; the end-of-run summary.
 - `ProgressBar` (engine.io.progress): tqdm over each epoch's steps with the loss and rate.
-- `PlotWriter`: metrics.png after each validation and at the end, drawn by a helper process.
+- `PlotWriter`: metrics.png while training (paced) and at the end, drawn by a helper process.
 
 Checkpoints (best.pt, last.pt, model.pt) are written by the checkpointer the loop is handed
 (engine.io.checkpointer), at the points the loop decides; observers hear of each through
@@ -127,20 +127,38 @@ def summary(state: Any, seconds: float) -> str:
 
 
 class PlotWriter:
-    """metrics.png after every validation and at the end, drawn by the plot helper process
+    """metrics.png after validations and at the end, drawn by the plot helper process
     (engine.io.plot_service): training never waits for a figure; the final one is on disk
-    when `python -m engine run` returns (or after `wait_for_plots()`)."""
+    when `python -m engine run` returns (or after `wait_for_plots()`).
+
+    Frames while training are paced: the first one no sooner than `FIRST_FRAME_S` after the
+    run starts, then at most one every `FRAME_EVERY_S`. A frame drawn on the other core slows
+    a short fit around it (10% of a 0.3 s fit here, benchmarks/README.md), and a run that ends
+    within seconds gets its final frame at once anyway; a long run's figure still follows its
+    validations, and the history is not serialised for frames the helper would skip."""
 
     events = frozenset({Event.FIT_START, Event.VALIDATION_END, Event.FIT_END})
+    FIRST_FRAME_S = 2.0
+    FRAME_EVERY_S = 1.0
+    clock = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self.next_frame = 0.0   # the clock's time from which a frame while training is sent
 
     def __call__(self, event: Event, state: Any) -> None:
         run = state.run
         if event is Event.FIT_START:
             plot_service.service().warm()   # matplotlib loads in the helper while we train
+            self.next_frame = self.clock() + self.FIRST_FRAME_S
             return
         final = event is Event.FIT_END
-        if not state.history.get("epoch") or not (final or plot_service.service().live):
-            return   # no frames while training (a study's runs): not even the history's copy
+        if not state.history.get("epoch"):
+            return
+        if not final:
+            now = self.clock()
+            if not plot_service.service().live or now < self.next_frame:
+                return   # no frame now: not even the history's copy
+            self.next_frame = now + self.FRAME_EVERY_S
         metrics = {**run.metrics_extra, "history": history_lists(state.history),
                    "best": {"epoch": state.best_epoch, "val_loss": state.best_val_loss}}
         plot_service.service().submit(run.run_dir / "metrics.png", metrics,

@@ -52,8 +52,8 @@ def test_a_dead_helper_leaves_no_plot_missing(tmp_path: Path, monkeypatch):
     assert _is_png(tmp_path / "final.png")
 
 
-def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
-    """The PlotWriter sends the run's own history (from the loop state, not a re-read file)."""
+def _tiny_fit(tmp_path: Path, monkeypatch, epochs: int = 3) -> tuple[list, object]:
+    """A fit with a run directory whose plot submissions are recorded, not drawn."""
     import attrs
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -62,7 +62,7 @@ def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
 
     @attrs.frozen
     class Cfg:
-        train: TrainConfig = TrainConfig(epochs=3, batch_size=8, device="cpu")
+        train: TrainConfig = TrainConfig(epochs=epochs, batch_size=8, device="cpu")
 
     sent = []
     monkeypatch.setattr(plot_service.PlotService, "submit",
@@ -72,12 +72,41 @@ def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
                     build_loaders=lambda c: Loaders(DataLoader(TensorDataset(x, x), 8),
                                                     DataLoader(TensorDataset(x, x), 8)),
                     forward_batch=lambda m, b, ctx: torch.nn.functional.mse_loss(m(b[0]), b[1]))
-    result = fit(recipe, Cfg(), run_dir=tmp_path / "run")
+    return sent, fit(recipe, Cfg(), run_dir=tmp_path / "run")
+
+
+def test_fit_with_a_run_dir_draws_the_history(tmp_path: Path, monkeypatch):
+    """The PlotWriter sends the run's own history (from the loop state, not a re-read file):
+    with no pacing, a frame after every validation, then the final one."""
+    from engine.io.writers import PlotWriter
+
+    monkeypatch.setattr(PlotWriter, "FIRST_FRAME_S", 0.0)
+    monkeypatch.setattr(PlotWriter, "FRAME_EVERY_S", 0.0)
+    sent, result = _tiny_fit(tmp_path, monkeypatch)
     assert [final for _, final in sent] == [False, False, False, True]
     metrics, _ = sent[-1]
     assert metrics["history"]["val_loss"] == result.history["val_loss"]
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["history"]["epoch"] == on_disk["history"]["epoch"] == [0, 1, 2]
+
+
+def test_frames_while_training_are_paced(tmp_path: Path, monkeypatch):
+    """A run shorter than the first frame's delay sends its final frame alone; later frames
+    come at most one per interval, each with the history so far."""
+    from engine.io import writers
+
+    sent, _ = _tiny_fit(tmp_path / "short", monkeypatch)
+    assert [final for _, final in sent] == [True]   # a sub-second fit: no frame while training
+
+    clock = iter(range(1000))   # one second a call: FIT_START at 0, a validation a second
+    monkeypatch.setattr(writers.PlotWriter, "clock", staticmethod(lambda: float(next(clock))))
+    monkeypatch.setattr(writers.PlotWriter, "FIRST_FRAME_S", 2.0)
+    monkeypatch.setattr(writers.PlotWriter, "FRAME_EVERY_S", 1.5)
+    sent, _ = _tiny_fit(tmp_path / "long", monkeypatch, epochs=6)
+    live = [len(m["history"]["epoch"]) for m, final in sent if not final]
+    assert sent[-1][1] and len(sent[-1][0]["history"]["epoch"]) == 6
+    assert live and live == sorted(set(live)) and len(live) < 6
+    assert all(b - a >= 2 for a, b in zip(live, live[1:]))   # 1.5 s apart: every other one
 
 
 @pytest.mark.slow
