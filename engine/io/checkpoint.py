@@ -38,16 +38,19 @@ def epoch_files(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def to_bytes(checkpoint: dict) -> bytes:
-    """A checkpoint serialised once, so last.pt, best.pt and epoch files share the bytes."""
+def to_bytes(checkpoint: dict) -> memoryview:
+    """A checkpoint serialised once, so last.pt, best.pt and epoch files share the bytes: a
+    view of torch.save's buffer, not a copy of it (a checkpoint is the size of the model and
+    its optimizer state, each epoch)."""
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    return buffer.getvalue()
+    return buffer.getbuffer()
 
 
-def save(path: str | Path, checkpoint: dict | bytes) -> None:
+def save(path: str | Path, checkpoint: dict | bytes | memoryview) -> None:
     """Write a checkpoint atomically (a torn write is impossible: temp file, fsync, rename)."""
-    data = checkpoint if isinstance(checkpoint, bytes) else to_bytes(checkpoint)
+    data = (checkpoint if isinstance(checkpoint, (bytes, memoryview))
+            else to_bytes(checkpoint))
     atomic_write_bytes(path, data)
 
 

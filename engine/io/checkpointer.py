@@ -63,7 +63,7 @@ def _plainly_safe(value: object, depth: int = 0) -> bool:
     return False
 
 
-def _safe_to_load(checkpoint: dict, data: bytes, path: Path, state: LoopState) -> None:
+def _safe_to_load(checkpoint: dict, data: memoryview, path: Path, state: LoopState) -> None:
     """The run's first checkpoint must load back the way a resume loads it (weights_only):
     an optimizer or scheduler whose state holds an object would otherwise write checkpoints
     its own resume refuses. Checked once per run, before the file is written; by loading only
@@ -127,7 +127,7 @@ class RunDirCheckpointer:
             raise self._failure(state, exc, epoch_end=True) from None
         return written
 
-    def _save_epoch_files(self, state: LoopState, data: bytes, improved: bool,
+    def _save_epoch_files(self, state: LoopState, data: memoryview, improved: bool,
                           written: list[str]) -> None:
         # one write of the bytes for best.pt, the epoch file and last.pt (hard links), model.pt
         # before last.pt: a kill before last.pt lands redoes the epoch on resume, rewriting all
@@ -150,13 +150,13 @@ class RunDirCheckpointer:
                 self._drop(old)
         written.append(str(self.folder / "last.pt"))
 
-    def _put_shared(self, paths: list[Path], data: bytes, others: tuple) -> None:
+    def _put_shared(self, paths: list[Path], data: memoryview, others: tuple) -> None:
         if self.run.files is None:
             atomic_write_shared(paths, data, others)
         else:
             self.run.files.write_shared(paths, data, others)
 
-    def _put(self, path: Path, data: bytes) -> None:
+    def _put(self, path: Path, data: memoryview) -> None:
         if self.run.files is None:
             ckpt.save(path, data)
         else:
@@ -177,7 +177,7 @@ class RunDirCheckpointer:
         if self.sync and self.run.files is not None:
             self.run.files.flush()
 
-    def _serialized(self, state: LoopState, mid_epoch: bool, path: Path) -> bytes:
+    def _serialized(self, state: LoopState, mid_epoch: bool, path: Path) -> memoryview:
         checkpoint = checkpoint_dict(self.run, state, mid_epoch=mid_epoch, config=self.config)
         data = ckpt.to_bytes(checkpoint)
         if not self.checked:

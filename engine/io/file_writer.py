@@ -37,11 +37,11 @@ class FileWriter:
         self._error: OSError | None = None
         self._closed = False
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write(self, path: Path, data: bytes | memoryview) -> None:
         """Hand `data` over to be written to `path` (after everything handed over before)."""
         self._submit(("write", Path(path), data))
 
-    def write_shared(self, paths: list[Path], data: bytes,
+    def write_shared(self, paths: list[Path], data: bytes | memoryview,
                      before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
         """Hand `data` over to be written once to every path of `paths`, in order (hard
         links), with `before_last` written before the last (engine.io.files.atomic_write_shared)."""

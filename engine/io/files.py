@@ -36,7 +36,7 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, rename it into place: a
     kill leaves the old file or the new one, never a torn one."""
     path = Path(path)
@@ -54,7 +54,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_shared(paths: list[Path], data: bytes,
+def atomic_write_shared(paths: list[Path], data: bytes | memoryview,
                         before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
     """`data` to every path of `paths`, in order, each atomically, written and fsynced once:
     each path but the last gets a hard link of the one file (renamed into place, so a reader
@@ -91,7 +91,7 @@ def atomic_write_shared(paths: list[Path], data: bytes,
         _fsync_dir(folder)
 
 
-def _link_into_place(source: Path, path: Path, data: bytes) -> None:
+def _link_into_place(source: Path, path: Path, data: bytes | memoryview) -> None:
     link = temporary_name(path)
     try:
         os.link(source, link)
