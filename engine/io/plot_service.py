@@ -3,10 +3,11 @@
 Importing matplotlib and drawing a figure cost about 1.5 s and 0.15 s here: more than a small
 fit. So the first run in a process starts one helper process (`python -m
 engine.io.plot_service`), which imports matplotlib on another core while the first epoch
-trains, and draws the frames it is sent: the latest history after a validation (frames that
-arrive while it is busy or resting are skipped: only the newest per file is drawn; it rests 3x
-as long as it drew, so it takes at most a quarter of a core from training) and the final one at
-the end, at once (only the final one when `live` is off, as in a study's workers).
+trains, and draws the frames it is sent (engine.io.writers.PlotWriter paces them): the latest
+history after a validation (frames that arrive while it is busy or resting are skipped: only
+the newest per file is drawn; it rests 3x as long as it drew, so it takes at most a quarter of
+a core from training) and the final one at the end, at once (only the final one when `live` is
+off, as in a study's workers).
 `wait_for_plots()` returns once every final frame is on disk; `python -m engine
 run` calls it before it exits, and it runs at interpreter exit. Should the helper die, the
 frames it did not draw are drawn in this process, so metrics.png is never missing.
