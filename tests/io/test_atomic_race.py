@@ -45,7 +45,7 @@ def test_two_processes_writing_one_file_never_fail(tmp_path):
 
 
 def test_temporary_names_are_unique_and_end_in_tmp(tmp_path):
-    """`NAME.<pid>.<random>.tmp`: never `*.pt` (a `*.pt` glob would load it), unique per write,
+    """`NAME.<pid>.<random><n>.tmp`: never `*.pt` (a `*.pt` glob would load it), unique per write,
     and what remove_temporaries deletes."""
     path = tmp_path / "last.pt"
     names = {temporary_name(path).name for _ in range(50)}
@@ -56,3 +56,36 @@ def test_temporary_names_are_unique_and_end_in_tmp(tmp_path):
     torn = temporary_name(path)
     torn.write_bytes(b"half")
     assert remove_temporaries(tmp_path) == [torn]
+
+
+def test_a_forked_child_names_its_temporaries_apart_from_its_parent(tmp_path):
+    """The pid and token are read once per process: a forked child (a DataLoader worker, a
+    study worker) reads its own, so parent and child never pick one temporary name."""
+    path = tmp_path / "last.pt"
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: report its next name and leave at once
+        os.write(write, temporary_name(path).name.encode())
+        os._exit(0)
+    os.close(write)
+    child_name = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    assert child_name.startswith(f"last.pt.{pid}.")
+    assert temporary_name(path).name.startswith(f"last.pt.{os.getpid()}.")
+
+
+def test_a_write_the_kernel_takes_in_parts_lands_whole(tmp_path, monkeypatch):
+    """os.write may take fewer bytes than it is given (over 2 GiB at once, a signal): the
+    rest is written until the file is whole, and only then renamed into place."""
+    real_write = os.write
+    sizes = []
+
+    def short_write(fd, data):
+        sizes.append(real_write(fd, bytes(memoryview(data)[:1000])))
+        return sizes[-1]
+
+    monkeypatch.setattr(os, "write", short_write)
+    data = bytes(range(256)) * 40   # 10,240 bytes: eleven writes
+    atomic_write_bytes(tmp_path / "x.bin", memoryview(data))
+    assert (tmp_path / "x.bin").read_bytes() == data and len(sizes) == 11
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]
