@@ -74,3 +74,43 @@ def test_the_window_rebuilds_every_epoch_total():
     from engine.core.state import EpochTotals
     source = inspect.getsource(window.FigureWindow.read)
     assert all(f"{name}=" in source for name in attrs.fields_dict(EpochTotals))
+
+
+def test_validation_loads_its_data_outside_inference_mode_and_caches_no_inference_tensor():
+    """The guard is entered per batch, around forward_batch only: a validation dataset that
+    builds and caches tensors on first access (a feature cache shared with training) caches
+    ordinary tensors, which the next epoch's training can use in autograd."""
+    import attrs
+    from torch.utils.data import DataLoader, Dataset
+
+    from engine import Loaders, Recipe, TrainConfig, fit
+
+    cache: dict[int, torch.Tensor] = {}
+    seen: list[bool] = []
+
+    class Cached(Dataset):
+        def __len__(self) -> int:
+            return 16
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            seen.append(torch.is_inference_mode_enabled())
+            if i not in cache:
+                cache[i] = torch.full((3,), float(i)) * 0.1
+            return cache[i]
+
+    @attrs.frozen
+    class Cfg:
+        train: TrainConfig = TrainConfig(epochs=2, batch_size=4, device="cpu")
+
+    def forward(model, x, ctx):
+        assert torch.is_inference_mode_enabled() == (not ctx.training)
+        return torch.nn.functional.mse_loss(model(x), x)
+
+    data = Cached()
+    recipe = Recipe(name="cached", config=Cfg, build_model=lambda c: torch.nn.Linear(3, 3),
+                    build_loaders=lambda c: Loaders(DataLoader(data, 4), DataLoader(data, 4)),
+                    forward_batch=forward)
+    result = fit(recipe, Cfg())
+    assert result.status == "completed" and len(result.history["val_loss"]) == 2
+    assert seen and not any(seen)   # no item was loaded in inference mode
+    assert not any(t.is_inference() for t in cache.values())
