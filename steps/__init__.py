@@ -1,7 +1,7 @@
 """Composable step functions: they need only torch, never the engine."""
 
 from steps.batches import batch_size_of, iter_tensors, move_to_device
-from steps.precision import autocast, make_scaler
+from steps.precision import autocast, autocast_or_none, make_scaler
 from steps.train import (
     backward,
     eval_step,
@@ -13,7 +13,7 @@ from steps.train import (
 )
 
 __all__ = [
-    "autocast", "backward", "batch_size_of", "eval_step", "grad_norm", "iter_tensors",
-    "forward_loss", "make_scaler", "move_to_device", "optimizer_step", "split_output",
-    "train_step",
+    "autocast", "autocast_or_none", "backward", "batch_size_of", "eval_step", "grad_norm",
+    "iter_tensors", "forward_loss", "make_scaler", "move_to_device", "optimizer_step",
+    "split_output", "train_step",
 ]

@@ -17,6 +17,12 @@ def autocast(device: torch.device, precision: str) -> Any:
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
+def autocast_or_none(device: torch.device, precision: str) -> Any:
+    """`autocast` for a loop that skips the `with` in fp32: None there (no context to enter,
+    a batch at a time), else the reusable autocast context."""
+    return None if precision == "fp32" else autocast(device, precision)
+
+
 def make_scaler(device: torch.device, precision: str) -> Any:
     """A GradScaler for fp16 on CUDA (it keeps small gradients from underflowing), else None.
 

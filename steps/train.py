@@ -14,6 +14,10 @@ from typing import Any
 import torch
 
 _total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+# torch's own inference-mode guard (a C++ object: on from its creation, off at __exit__) where
+# this torch has it; torch.inference_mode() wraps one in a Python class, six Python calls a
+# batch. Both take the mode as their one argument.
+_INFERENCE = getattr(torch._C, "_InferenceMode", torch.inference_mode)
 
 
 def split_output(out: Any) -> tuple[torch.Tensor, dict]:
@@ -97,9 +101,12 @@ def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
     training, is detached."""
     # the guard per batch, not around the loader: the data loading stays outside inference
     # mode, so a dataset that caches tensors never caches inference tensors
-    with _INFERENCE(True) if inference and _INFERENCE else _grad_off(inference):
-        out = forward_batch(model, batch, ctx) if autocast is None else _under(
-            autocast, forward_batch, model, batch, ctx)
+    with _INFERENCE(True) if inference else torch.no_grad():
+        if autocast is None:
+            out = forward_batch(model, batch, ctx)
+        else:
+            with autocast:
+                out = forward_batch(model, batch, ctx)
     loss, metrics = split_output(out)
     if loss.requires_grad:
         loss = loss.detach()
@@ -107,17 +114,3 @@ def eval_step(model: torch.nn.Module, batch: Any, forward_batch: Any, ctx: Any,
         if value.requires_grad:
             metrics[key] = value.detach()
     return loss, metrics
-
-
-def _under(autocast: Any, forward_batch: Any, model: Any, batch: Any, ctx: Any) -> Any:
-    with autocast:
-        return forward_batch(model, batch, ctx)
-
-
-# torch's own guard (a C++ object: on from its creation, off at __exit__) where this torch
-# has it: torch.inference_mode() wraps one in a Python class, six Python calls a batch
-_INFERENCE = getattr(torch._C, "_InferenceMode", None)
-
-
-def _grad_off(inference: bool) -> Any:
-    return torch.inference_mode() if inference else torch.no_grad()

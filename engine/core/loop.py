@@ -130,7 +130,7 @@ def _epochs(w: Wiring, state: LoopState, resume_rng: Any) -> LoopState:
                 w.rollback.take(run)
             for path in w.checkpointer.save_epoch_end(state, improved=improved):
                 state = evolve(state, checkpoint_path=path)
-                emit(w.table, Event.CHECKPOINT_WRITTEN, state)
+                emit(table, Event.CHECKPOINT_WRITTEN, state)
             if validated and table[Event.VALIDATION_END]:
                 emit(table, Event.VALIDATION_END, state)
             if table[Event.EPOCH_END]:

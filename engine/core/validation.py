@@ -23,8 +23,7 @@ def validate(run: Any, epoch: int, step: int, world: Any) -> dict[str, float]:
     model, device = (run.model if world.active else run.train_model), run.device
     move = run.recipe.move_batch and device.type != "cpu"
     ctx = StepContext(device, False, epoch, step, run.rank, run.world_size)
-    precision = run.cfg.train.precision
-    autocast = steps.autocast(device, precision) if precision != "fp32" else None
+    autocast = steps.autocast_or_none(device, run.cfg.train.precision)
     rows = _Sums()
     model.eval()
     for batch in run.loaders.val:

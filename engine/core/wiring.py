@@ -76,7 +76,7 @@ def step_settings(run: Run, world: Any) -> StepSettings:
         accum=train.grad_accum_steps, clip=train.gradient_clip_value,
         log_every=train.log_every_n_steps, ckpt_every=train.checkpoint_every_n_steps,
         check_each_step=train.nan_policy != "stop",
-        autocast=steps.autocast(device, train.precision) if train.precision != "fp32" else None,
+        autocast=steps.autocast_or_none(device, train.precision),
         ddp_accum=world.active and train.grad_accum_steps > 1,
         step_scheduler=(schedule.scheduler if schedule is not None
                         and schedule.interval == "step" else None),

@@ -42,7 +42,7 @@ class FileWriter:
         self._submit(("write", Path(path), data))
 
     def write_shared(self, paths: list[Path], data: bytes | memoryview,
-                     before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
+                     before_last: tuple[tuple[Path, bytes | memoryview], ...] = ()) -> None:
         """Hand `data` over to be written once to every path of `paths`, in order (hard
         links), with `before_last` written before the last (engine.io.files.atomic_write_shared)."""
         self._submit(("shared", [Path(p) for p in paths], (data, before_last)))

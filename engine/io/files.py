@@ -3,8 +3,8 @@
 Each write goes to `NAME.<pid>.<random><n>.tmp` in the same folder (ending in `.tmp`, so that
 a glob for `*.pt` or `*.json` never picks it up; unique, so that two processes writing one
 file, every rank of a torchrun job filling one cache, say, never share a temporary file), is
-written and fsynced, then renamed over `NAME`; the folder is fsynced so the rename itself survives a
-power cut. The last rename wins; each reader sees one whole file.
+written and fsynced, then renamed over `NAME`; the folder is fsynced so the rename itself
+survives a power cut. The last rename wins; each reader sees one whole file.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
 
 
 def atomic_write_shared(paths: list[Path], data: bytes | memoryview,
-                        before_last: tuple[tuple[Path, bytes], ...] = ()) -> None:
+                        before_last: tuple[tuple[Path, bytes | memoryview], ...] = ()) -> None:
     """`data` to every path of `paths`, in order, each atomically, written and fsynced once:
     each path but the last gets a hard link of the one file (renamed into place, so a reader
     sees the old file or the new one), the last gets the file itself. A file system without
