@@ -22,6 +22,7 @@ from engine.core.config import to_dict
 from engine.core.failures import TrainingFailed
 from engine.core.state import LoopState, Run, loop_state_dict
 from engine.io import checkpoint as ckpt
+from engine.io.file_writer import failure_message
 from engine.io.files import atomic_write_shared
 
 
@@ -188,11 +189,8 @@ class RunDirCheckpointer:
     def _failure(self, state: LoopState, exc: OSError, epoch_end: bool) -> TrainingFailed:
         # at an epoch's end the state has moved on to the next epoch: blame the one just done
         epoch = state.epoch - 1 if epoch_end else state.epoch
-        where = exc.filename or self.folder
-        # the run's writer also writes metrics.json and config.toml: say which kind failed
-        what = "a checkpoint" if str(where).endswith(".pt") else "a file of the run"
-        return TrainingFailed(f"{what} could not be written: {where}: "
-                              f"{exc.strerror or exc}", state, epoch, max(state.step - 1, 0))
+        return TrainingFailed(failure_message(exc, self.folder), state, epoch,
+                              max(state.step - 1, 0))
 
     def close(self) -> None:
         """Wait for every file handed over (a failed write raises its OSError)."""

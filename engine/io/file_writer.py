@@ -130,6 +130,15 @@ def _named(exc: OSError, path: Path | list[Path], shared: tuple | None) -> OSErr
     return exc
 
 
+def failure_message(exc: OSError, fallback: Path | str) -> str:
+    """The run's failure message for a write that failed, the same wherever the run noticed
+    it (at a checkpoint or at the end of fit): which kind of file, its path, the OS error."""
+    where = exc.filename or fallback
+    # the run's writer also writes metrics.json and config.toml: say which kind failed
+    what = "a checkpoint" if str(where).endswith(".pt") else "a file of the run"
+    return f"{what} could not be written: {where}: {exc.strerror or exc}"
+
+
 @atexit.register
 def _flush_open_writers() -> None:
     # a script that calls fit and exits at once still gets every file (the thread is a daemon,

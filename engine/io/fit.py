@@ -34,7 +34,7 @@ from engine.core.wiring import NoCheckpoints, Wiring
 from engine.io import writers
 from engine.io.checkpoint import best_weights_beside, check_resumable, restore
 from engine.io.checkpointer import RunDirCheckpointer
-from engine.io.file_writer import FileWriter
+from engine.io.file_writer import FileWriter, failure_message
 from engine.io.files import remove_temporaries
 from engine.io.metrics import OWN_KEYS, read_metrics, write_metrics
 
@@ -173,8 +173,7 @@ def _files_written(run: Run, state: LoopState) -> LoopState:
         return state
     except OSError as exc:
         state = failed_state(state, max(state.epoch - 1, 0), max(state.step - 1, 0),
-                             f"a file could not be written: {exc.filename}: "
-                             f"{exc.strerror or exc}", None)
+                             failure_message(exc, run.run_dir), None)
     logging.getLogger("engine").error("error: %s", state.error["message"])
     try:
         write_metrics(run.run_dir, recipe=run.name, run_id=run.run_id, status=state.status,

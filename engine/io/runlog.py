@@ -63,6 +63,7 @@ def start(run_dir: Path, files: Any = None) -> None:
             else:
                 os.environ["BEAUTILOG_CONFIG_PATH"] = previous
     _plain_console_unless_terminal()
+    _console_to_current_stdout()
     _plain_file_handler(log_path)
     for noisy in ("matplotlib", "PIL", "torch._dynamo", "torch._inductor"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -81,6 +82,16 @@ def _plain_console_unless_terminal() -> None:
             plain.setLevel(handler.level)
             root.removeHandler(handler)
             root.addHandler(plain)
+
+
+def _console_to_current_stdout() -> None:
+    # beautilog's console writes to the sys.stdout of its import: a later run in the same
+    # process (a notebook cell, redirect_stdout, a test capturing output) would write to a
+    # stream that may be closed since ("Logging error ... I/O operation on closed file")
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if type(stream).__name__ == "TqdmStream":
+            stream.file = sys.stdout
 
 
 def _plain_file_handler(log_path: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import logging.handlers
 
@@ -41,3 +43,21 @@ def test_each_run_logs_to_its_own_train_log_through_a_plain_file_handler(tmp_pat
     assert "a line of the second run" in two.read_text()
     assert two.read_text().rstrip().endswith("Traceback (most recent call last): ...")
     assert (second / "beautilog.ini").read_text().startswith("[logger]")
+
+
+def test_a_later_run_logs_to_the_stdout_of_its_start_not_a_closed_earlier_one(tmp_path, capfd):
+    """beautilog's console holds the sys.stdout of its import; a run started after that stream
+    was closed (a notebook, redirect_stdout, pytest's capture) logs to the current one."""
+    log = logging.getLogger("engine")
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            runlog.start(tmp_path / name)
+            try:
+                log.info("a line of the %s run", name)
+            finally:
+                runlog.stop(tmp_path / name)
+        assert f"a line of the {name} run" in out.getvalue()
+        out.close()
+    assert "Logging error" not in capfd.readouterr().err
