@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import math
 import os
 from typing import Any
@@ -58,6 +59,12 @@ def init(world: World, device: torch.device) -> World:
     timeout = collective_timeout()
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    # torch.distributed.nn.functional takes group.WORLD as its functions' default argument
+    # when first imported (torch._dynamo imports it, at the first optimizer). Imported after
+    # the group starts, it holds the group: destroy_process_group then leaves gloo's threads
+    # running to the interpreter's exit, where they were seen to abort a rank (SIGABRT,
+    # "terminate called without an active exception"). Imported first, it holds None.
+    importlib.import_module("torch.distributed.nn.functional")
     # a rank that dies leaves the others in a collective: time out rather than hang for ever
     dist.init_process_group(backend, timeout=timeout)
     return attrs.evolve(world, owns_group=True)
