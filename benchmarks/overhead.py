@@ -321,7 +321,8 @@ def run_engine_callbacks_plot(w: Workload, epochs: int) -> Outcome:
 
 @functools.cache
 def _devnull() -> Any:
-    # open for the whole process: the log's console handler keeps the stream it first saw
+    # one stream for the whole process: each run's console log is pointed at it (it is
+    # sys.stdout when the run starts), and none is closed while a later run still writes
     return open(os.devnull, "w")  # noqa: SIM115
 
 
