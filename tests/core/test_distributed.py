@@ -7,6 +7,7 @@ Each test starts `python -m torch.distributed.run --standalone --nproc_per_node=
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,8 +56,28 @@ def _torchrun_cmd(*args: str) -> list[str]:
 
 
 def torchrun(tmp_path: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(_torchrun_cmd(*args), cwd=tmp_path, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_dumping_on_hang(_torchrun_cmd(*args), tmp_path, timeout)
+
+
+def run_dumping_on_hang(cmd: list[str], tmp_path: Path,
+                        timeout: float) -> subprocess.CompletedProcess:
+    """Run `cmd` (torchrun and its ranks, in a session of their own). Past `timeout`, every
+    process of it gets SIGABRT, so faulthandler (PYTHONFAULTHANDLER) prints where each one
+    waited, and the test fails showing that, instead of a bare TimeoutExpired."""
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=20)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{' '.join(cmd[2:])} still ran after {timeout:.0f} s; the stacks of "
+                    f"its processes:\n{err[-12000:]}\nstdout:\n{out[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def probe_registry(tmp_path: Path) -> str:
@@ -160,11 +181,10 @@ def test_no_gloo_thread_outlives_a_torchrun_run(tmp_path):
         with open(f"threads{os.environ['RANK']}.json", "w") as f:
             json.dump({"code": code, "threads": names}, f)
         """))
-    proc = subprocess.run(
+    proc = run_dumping_on_hang(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(script), "run", "ddp_probe", "--recipes", probe_registry(tmp_path),
-         "--output-dir", str(tmp_path / "out")],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=90)
+         "--output-dir", str(tmp_path / "out")], tmp_path, 90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         after = json.loads((tmp_path / f"threads{rank}.json").read_text())
