@@ -182,9 +182,10 @@ def from_main(value: Any, world: World) -> Any:
 
 def finish_together(world: World) -> None:
     """After a run that ended well on every rank: wait for the others before the process
-    group goes. A rank that tears gloo down while another still finishes its run (rank 0
-    writes its last files) was seen to abort at exit ("terminate called without an active
-    exception"). Not on the way out of an error: a dead rank would never arrive."""
+    group goes, so that no rank tears it down while another still has a collective in it.
+    (The abort at exit once blamed on that, "terminate called without an active exception",
+    came from a group that outlived destroy_process_group: see `init`.) Not on the way out of
+    an error: a dead rank would never arrive."""
     if world.active and dist.is_initialized():
         dist.barrier()
 
