@@ -76,6 +76,7 @@ def _run(args: Any) -> int:
         entry, recipe, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config,
                                      sets=sets, base=plan.base_config,
                                      base_source=plan.base_source)
+        plan.check_epochs(cfg, f"--resume {args.resume}")
         if plan.finished(cfg):
             if plan.epochs_done < cfg.train.epochs:
                 print(f"run {plan.run_dir or args.resume} was ended by early stopping after "

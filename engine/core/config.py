@@ -8,6 +8,7 @@ here is what a valid config is.
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,13 +21,17 @@ from engine.core.errors import UserError, close_match
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
+MAX_WORKERS = 256
+
 # One table serves both the attrs validators (Python API) and the all-at-once check (CLI).
 RANGES: dict[str, tuple[Any, str]] = {
     "epochs": (lambda v: v >= 1, ">= 1"),
     "batch_size": (lambda v: v >= 1, ">= 1"),
     "learning_rate": (lambda v: v > 0, "> 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "num_workers": (lambda v: v >= 0, ">= 0"),
+    # each worker is a process: a typo (1000, 10**20) would fork until the machine gives out
+    "num_workers": (lambda v: 0 <= v <= MAX_WORKERS, f"0 <= num_workers <= {MAX_WORKERS}"),
+    "seed": (lambda v: -2**63 <= v < 2**63, "a 64-bit integer (what torch.manual_seed takes)"),
     "gradient_clip_value": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
     "validate_every_n_epochs": (lambda v: v >= 1, ">= 1"),
     "early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 turns early stopping off)"),
@@ -53,6 +58,9 @@ RANGES: dict[str, tuple[Any, str]] = {
 
 def _in_range(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     ok, expected = RANGES[attribute.name]
+    if isinstance(value, float) and not math.isfinite(value):   # inf passes "> 0"
+        raise ValueError(f"train.{attribute.name} must be a finite number, {expected}, got "
+                         f"{value!r}")
     if not ok(value):
         raise ValueError(f"train.{attribute.name} must be {expected}, got {value!r}")
 
@@ -138,7 +146,7 @@ class TrainConfig:
     early_stopping_min_delta: float = _f(0.0)
     lr_decay_factor: float = _f(0.5)
     lr_patience: int = _f(2)
-    seed: int = 0
+    seed: int = _f(0)
     device: str = _f("auto")
     precision: str = _f("fp32")
     grad_accum_steps: int = _f(1)
@@ -186,6 +194,12 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
         path = prefix + (field.name,)
         if attrs.has(type(value)):
             errors += range_errors(value, where, path)
+        if type(value) is int and not -2**63 <= value < 2**63:   # TOML's integers are 64-bit
+            errors.append(UserError(
+                f"config value out of range for '{'.'.join(path)}'", where=where(path),
+                expected="an integer between -2**63 and 2**63 - 1",
+                found=f"{field.name} = {value}"))
+            continue
         if field.validator is None:
             continue
         try:
@@ -195,6 +209,8 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
                                     expected=exc.expected, found=exc.found, hint=exc.hint))
         except Exception as exc:  # a validator's own message names the rule
             rule = RANGES.get(field.name, (None, None))[1] if type(cfg) is TrainConfig else None
+            if rule and isinstance(value, float) and not math.isfinite(value):
+                rule = f"a finite number, {rule}"
             kind = "invalid value" if isinstance(value, str) else "config value out of range"
             errors.append(UserError(
                 f"{kind} for '{'.'.join(path)}'", where=where(path),

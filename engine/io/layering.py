@@ -273,14 +273,16 @@ def read_toml(path: Path, what: str) -> dict:
     except OSError as exc:
         raise UserError(f"{what} cannot be read", where=str(path), expected="a readable file",
                         found=exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:   # raised by the read, before any TOML is parsed
+        raise UserError(f"{what} is not valid TOML", where=str(path),
+                        expected="TOML as UTF-8 text",
+                        found=f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, "
+                              f"not UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{what} is not valid TOML", where=str(path),
                         expected="TOML (https://toml.io)", found=str(exc)) from None
-    except UnicodeDecodeError:
-        raise UserError(f"{what} is not valid TOML", where=str(path),
-                        expected="a UTF-8 text file", found="binary data") from None
 
 
 def config_file_layer(path: str | Path) -> Layer:

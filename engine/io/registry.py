@@ -113,7 +113,7 @@ def import_recipe(entry: Entry) -> Any:
                             found=f"no module named '{exc.name}'") from None
         raise UserError(f"recipe module '{module_name}' failed to import", where=where,
                         expected="a module that imports cleanly", found=f"{exc!r}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:   # sys.exit() at import would end us silently
         raise UserError(f"recipe module '{module_name}' failed to import", where=where,
                         expected="a module that imports cleanly",
                         found=f"{type(exc).__name__}: {exc}") from exc

@@ -31,6 +31,20 @@ class ResumePlan:
     early_stopped: bool = False
     bad_validations: int = 0
 
+    def check_epochs(self, cfg: Any, where: str) -> None:
+        """A resume that asks for fewer epochs than the run has done (or, stopped inside an
+        epoch, no more than it finished) is a mistake: it would mark an unfinished run done
+        and rewrite its config.toml. Refused before anything is written."""
+        least = self.epochs_done + 1 if self.mid_epoch else self.epochs_done
+        if cfg.train.epochs < least:
+            raise UserError(
+                "train.epochs is below what the run has already trained", where=where,
+                expected=f"train.epochs >= {least} (the run did {self.epochs_done} epochs"
+                         + (" and stopped inside the next one)" if self.mid_epoch else ")"),
+                found=f"epochs = {cfg.train.epochs}",
+                hint=f"leave train.epochs out to go on to the run's own "
+                     f"{self.base_config.get('train', {}).get('epochs', 'epochs')}")
+
     def finished(self, cfg: Any) -> bool:
         """Nothing left to run: every epoch done, or early stopping ended the run and its
         patience (which `--set train.early_stopping_patience` may raise) is still used up."""

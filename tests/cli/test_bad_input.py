@@ -33,6 +33,8 @@ CASES = [
     ("not-a-recipe", ["not_a_recipe"], "",
      ["'bad_recipes:not_a_recipe' is not a Recipe", "expected: an engine.Recipe object",
       "found: dict"]),
+    ("module-exits-on-import", ["exits"], '[exits]\nrecipe = "exits_on_import:recipe"\n',
+     ["recipe module 'exits_on_import' failed to import", "found: SystemExit: 3"]),
     # --- config values, from recipes.toml and from --set
     ("unknown-key", ["ae"], "epocs = 3\n",
      ["unknown config key 'train.epocs'", "where: ", "recipes.toml [ae.train]",
@@ -59,6 +61,14 @@ CASES = [
      ["out of range for 'train.lr_decay_factor'", "0 < lr_decay_factor < 1"]),
     ("decay-factor-0", ["ae", "--set", "train.lr_decay_factor=0"], "",
      ["out of range for 'train.lr_decay_factor'", "found: lr_decay_factor = 0"]),
+    ("lr-inf", ["ae", "--set", "train.learning_rate=inf"], "",
+     ["out of range for 'train.learning_rate'", "expected: a finite number, > 0",
+      "found: learning_rate = inf"]),
+    ("seed-past-64-bits", ["ae", "--set", "train.seed=99999999999999999999999"], "",
+     ["out of range for 'train.seed'", "expected: an integer between -2**63 and 2**63 - 1"]),
+    ("workers-beyond-any-machine", ["ae", "--set", "train.num_workers=1000"], "",
+     ["out of range for 'train.num_workers'", "0 <= num_workers <= 256",
+      "found: num_workers = 1000"]),
     ("grad-accum-0", ["ae", "--set", "train.grad_accum_steps=0"], "",
      ["out of range for 'train.grad_accum_steps'", "expected: >= 1"]),
     ("unknown-device", ["ae", "--set", "train.device=tpu"], "",
@@ -77,6 +87,9 @@ CASES = [
      ["--config file not found", "where: nowhere.toml"]),
     ("config-malformed", ["ae", "--config", "bad.toml"], "",
      ["--config file is not valid TOML", "where: bad.toml", "line 2, column"]),
+    ("config-not-utf8", ["ae", "--config", "binary.toml"], "",
+     ["--config file is not valid TOML", "where: binary.toml", "expected: TOML as UTF-8 text",
+      "found: byte 0xff at offset 0, not UTF-8"]),
     ("output-dir-under-a-file", ["good", "--set", 'train.output_dir="occupied/out"'], "",
      ["the output directory cannot be written", 'train.output_dir = "occupied/out"',
       "occupied"]),
@@ -130,6 +143,8 @@ def project(tmp_path, monkeypatch):
     monkeypatch.delenv("ENGINE_DEBUG", raising=False)
     (tmp_path / "bad.toml").write_text("[train]\nepochs 3\n", encoding="utf-8")
     (tmp_path / "occupied").write_text("a file, not a folder", encoding="utf-8")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe[train]\n")
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(3)\n", encoding="utf-8")
     n = torch.get_num_threads()
     torch.set_num_threads(1)   # tiny models; spinning OpenMP threads only cost time here
     yield tmp_path

@@ -121,3 +121,21 @@ def test_import_engine_leaves_torch_unloaded():
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_resume_asking_for_fewer_epochs_than_done_is_refused_and_writes_nothing(tmp_path):
+    """`--resume RUN --set train.epochs=N` below the epochs the run did would mark an
+    unfinished run finished and rewrite its config.toml: exit 2, naming train.epochs."""
+    assert engine("run", "autoencoder", "--set", "train.epochs=2", cwd=tmp_path).returncode == 0
+    (run_dir,) = run_dirs(tmp_path, "autoencoder")
+    before = {name: (run_dir / name).read_bytes()
+              for name in ("config.toml", "metrics.json", "checkpoints/last.pt")}
+    done = engine("run", "autoencoder", "--resume", str(run_dir), "--set", "train.epochs=1",
+                  cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error: train.epochs is below what the run has already trained" in done.stderr
+    assert "expected: train.epochs >= 2 (the run did 2 epochs)" in done.stderr
+    assert "found: epochs = 1" in done.stderr
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert run_dirs(tmp_path, "autoencoder") == [run_dir]
