@@ -115,3 +115,12 @@ def test_a_mid_epoch_checkpoint_of_two_processes_resumed_in_one_exits_2(tmp_path
     assert str(last) in err and "2 processes" in err and "1 process" in err
     assert "Traceback" not in err
     assert torch.load(last, weights_only=True)["loop"]["step"] == 3
+
+
+def test_sweep_resume_with_no_workers_is_refused(tmp_path, capsys):
+    """`sweep --resume DIR --workers 0` ran with one worker (0 read as "not given"); a new
+    sweep refuses it, and so does a resumed one, before the folder is even read."""
+    code = main(["sweep", "--resume", str(tmp_path), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: --workers needs at least one worker" in err and "found: 0" in err
