@@ -70,7 +70,8 @@ def cmd_sweep(args: Any) -> int:
     if args.worker:
         plot_service.service().warm()   # matplotlib loads while this process imports torch
         return _join(args)
-    if args.workers is not None and args.workers < 1:   # `or 1` below would hide it
+    if args.resume and args.workers is not None and args.workers < 1:
+        # `or 1` below would hide it; a new sweep reports it with its other mistakes (checks.py)
         raise UserError("--workers needs at least one worker", where=f"--workers {args.workers}",
                         expected="N >= 1", found=str(args.workers))
     workers = args.workers or 1
