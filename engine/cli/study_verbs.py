@@ -100,6 +100,7 @@ def _sweep(args: Any, sweep: Any, workers: int, standby: Any) -> int:
     if args.resume:
         from engine.study import resume  # deferred: start-up time
         study_dir, spec, _ = resume.open_study(args.resume)
+        resume.check_runnable(spec, study_dir, args.recipes)
         resume.check_same(args, spec, study_dir, sets_of(args))
         _refuse_sqlite(spec.storage, workers, f"--resume {study_dir} --workers {workers}")
         if args.retry_failed:
@@ -124,15 +125,17 @@ def _sweep(args: Any, sweep: Any, workers: int, standby: Any) -> int:
 
 
 def _join(args: Any) -> int:
-    from engine.study.resume import open_study  # deferred: start-up time
+    from engine.study.resume import check_runnable, open_study  # deferred: start-up time
     from engine.study.worker import said, work  # deferred: start-up time
-    given = _given_flags(args) + (["--resume"] if args.resume else []) + (
-        ["--workers"] if args.workers else [])
+    given = _given_flags(args) + [flag for flag, on in (
+        ("--resume", args.resume), ("--workers", args.workers is not None),
+        ("--retry-failed", args.retry_failed)) if on]
     if given:
         raise UserError("--worker takes no specification", where="--worker " + args.worker,
                         expected="sweep --worker STUDY_DIR (the study holds its specification)",
                         found="also " + ", ".join(given))
     study_dir, spec, _ = open_study(args.worker)
+    check_runnable(spec, study_dir, args.recipes)
     _refuse_sqlite(spec.storage, 2, f"--worker {study_dir}")
     print(f"worker joins study {study_dir}", flush=True)
     return _EXITS[work(study_dir, recipes=args.recipes, on_done=said)]

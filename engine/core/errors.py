@@ -64,6 +64,11 @@ def raise_all(errors: Sequence[UserError]) -> None:
         raise UserErrors(errors)
 
 
+def first_line(exc: BaseException, width: int = 300) -> str:
+    """An exception's message cut to its first line (a library's error can span a page)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:width]
+
+
 def close_match(word: str, choices: Iterable[str]) -> str | None:
     """The closest of `choices` to a misspelt `word`, as a hint, or None."""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -8,6 +8,8 @@ validation batch.
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from engine.core import rng
 from engine.core.building import call_recipe, loader_sizes, seed_everything
 from engine.core.config import to_dict
 from engine.core.devices import resolve_device
-from engine.core.errors import UserError, UserErrors, close_match, raise_all
+from engine.core.errors import UserError, UserErrors, close_match, first_line, raise_all
 from engine.core.preflight import first_batch, forward_error
 from engine.core.recipe import StepContext
 from engine.core.state import COLUMNS
@@ -25,6 +27,8 @@ from engine.io.registry import find_registry, resolve
 from engine.study import spec as specs
 from engine.study.spec import StudySpec
 from engine.study.store import open_storage
+
+MAX_RUNS = 100_000   # a bound on one study: more is a typo (and pair records by the million)
 
 
 def value_set(key: str, value: Any) -> str:
@@ -93,6 +97,15 @@ def _combination_errors(args: Any, found: dict) -> list[UserError]:
     if args.trials is not None and args.trials < 1:
         errors.append(UserError("--trials needs at least one trial", where=f"--trials "
                                 f"{args.trials}", expected="N >= 1", found=str(args.trials)))
+    if args.sampler is not None and not (args.search or ()):
+        errors.append(UserError("--sampler without --search", where=f"--sampler {args.sampler}",
+                                expected="--search KEY=SPEC with --sampler", found="no --search",
+                                hint="a grid runs every configuration: it samples nothing"))
+    runs = _runs_asked(args, found)
+    if runs > MAX_RUNS:
+        errors.append(UserError("the study is too large", where=_size_flags(args),
+                                expected=f"at most {MAX_RUNS:,} runs (configurations x "
+                                "replicates)", found=f"{runs:,} runs"))
     if args.workers is not None and args.workers < 1:
         errors.append(UserError("--workers needs at least one worker", where=f"--workers "
                                 f"{args.workers}", expected="N >= 1", found=str(args.workers)))
@@ -104,6 +117,25 @@ def _combination_errors(args: Any, found: dict) -> list[UserError]:
                                         where=f"{key}", expected="replicates over another key "
                                         "than the grid or the search", found=key))
     return errors
+
+
+def _runs_asked(args: Any, found: dict) -> int:
+    """How many runs the flags ask for, without listing them."""
+    configurations = (args.trials or 10) if found["search"] else math.prod(
+        len(v) for v in found["grid"].values())
+    replicates = (len(found["replicate"][1]) if found["replicate"] else
+                  max(args.seeds or 1, 1))
+    return configurations * replicates
+
+
+def _size_flags(args: Any) -> str:
+    flags = [f"--grid {g}" for g in args.grid or ()] + [f"--search {s}" for s in
+                                                         args.search or ()]
+    for flag in ("trials", "seeds"):
+        if getattr(args, flag) is not None:
+            flags.append(f"--{flag} {getattr(args, flag)}")
+    text = " ".join(flags)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _value_errors(name: str, args: Any, sets: list, found: dict) -> list[UserError]:
@@ -193,7 +225,7 @@ def storage_errors(storage: str | None, workers: int) -> list[UserError]:
                               hint="SQLite locks the whole database on every write: parallel "
                               "workers fail with 'database is locked' (Optuna's FAQ advises "
                               "against it)")]
-        return []
+        return _sqlite_errors(storage, where)
     if not storage.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
         return [UserError("unknown storage", where=where, expected="postgresql://USER@HOST:"
                           "PORT/DB (or sqlite:///FILE for one worker); without --storage a "
@@ -201,10 +233,31 @@ def storage_errors(storage: str | None, workers: int) -> list[UserError]:
     try:
         open_storage(storage, None)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)
         return [UserError("the database cannot be reached", where=where,
                           expected="a PostgreSQL server this user can connect to",
                           found=first)]
+    return []
+
+
+def _sqlite_errors(url: str, where: str) -> list[UserError]:
+    """sqlite:///FILE with FILE in an existing, writable folder (a file, not memory)."""
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return [UserError("SQLite storage needs a file", where=where,
+                          expected="sqlite:///RELATIVE/FILE.db or sqlite:////ABSOLUTE/FILE.db",
+                          found=url if url.startswith("sqlite:///") else f"{url} (no file)",
+                          hint="a database in memory would lose the trials with the process")]
+    if Path(path).is_dir():
+        return [UserError("the SQLite file is a folder", where=where,
+                          expected="sqlite:///FOLDER/FILE.db", found=f"{path} is a folder")]
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return [UserError("the SQLite file's folder does not exist", where=where,
+                          expected="a file in an existing folder", found=f"no folder {folder}")]
+    if not os.access(folder, os.W_OK):
+        return [UserError("the SQLite file's folder is not writable", where=where,
+                          expected="a folder this user can write", found=str(folder))]
     return []
 
 

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from engine.core.errors import UserError
 from engine.io.files import atomic_write_json
 from engine.io.run_dir import new_run_id
 
@@ -65,17 +66,65 @@ def pair_path(study_dir: Path, configuration: int, replicate: int) -> Path:
 
 
 def read_pairs(study_dir: Path) -> dict[tuple[int, int], dict]:
-    """Every pair record, by (configuration, replicate)."""
+    """Every pair record, by (configuration, replicate). A record that is not whole is a
+    UserError naming its file: skipping it would run its pair a second time."""
     folder = study_dir / "pairs"
     records = {}
     for path in sorted(folder.glob("c*-r*.json")) if folder.is_dir() else ():
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):   # a record being replaced: read on the next look
-            continue
+        record = _read_record(path)
         record["_mtime"] = path.stat().st_mtime
         records[(record["configuration"], record["replicate"])] = record
     return records
+
+
+STATES = ("claimed", "done", "interrupted", "pending")
+
+
+def _read_record(path: Path) -> dict:
+    # records are replaced by rename, so a reader never sees half of one; a network file
+    # system may still answer a read during the rename with an error: look again, briefly
+    for attempt in range(3):
+        try:
+            text = path.read_text(encoding="utf-8")
+            break
+        except OSError as exc:
+            if attempt == 2:
+                raise _damaged(path, f"unreadable ({exc.strerror or exc})") from None
+            time.sleep(0.05)
+    try:
+        record = json.loads(text)
+    except ValueError as exc:
+        raise _damaged(path, f"not JSON ({exc})") from None
+    problem = _shape_problem(path, record)
+    if problem:
+        raise _damaged(path, problem)
+    return record
+
+
+def _shape_problem(path: Path, record: object) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key in ("configuration", "replicate"):
+        if type(record.get(key)) is not int:
+            return f"{key} = {record.get(key)!r}, not an integer"
+    if path.name != pair_path(path.parent.parent, record["configuration"],
+                              record["replicate"]).name:
+        return (f"configuration {record['configuration']} replicate {record['replicate']}, "
+                f"which is not the pair its name says")
+    if record.get("state") not in STATES:
+        return f"state = {record.get('state')!r}, not one of {', '.join(STATES)}"
+    if record["state"] != "pending" and not isinstance(record.get("run_id"), str):
+        return f"run_id = {record.get('run_id')!r}, not a run's id"
+    return None
+
+
+def _damaged(path: Path, found: str) -> UserError:
+    return UserError("a study's pair record is damaged", where=str(path),
+                     expected='a JSON object {"configuration", "replicate", "state", '
+                              '"run_id", ...} as the engine writes it',
+                     found=found,
+                     hint="restore it from a backup; or delete it, and that pair runs again "
+                          "in a new run directory (the old one is kept)")
 
 
 def _write(study_dir: Path, record: dict) -> dict:

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import UserError, close_match
 from engine.io.metrics import read_metrics
 from engine.study import stats
 from engine.study.claims import read_pairs
@@ -95,6 +96,17 @@ def _configuration(study_dir: Path, spec: StudySpec, config: dict, pairs: dict) 
     return entry
 
 
+def _check_metric(study_dir: Path, spec: StudySpec, histories: list[dict]) -> None:
+    """The objective is a column of the runs' histories (study.toml edited by hand would
+    otherwise rank every configuration on nothing)."""
+    if histories and not any(spec.metric in h for h in histories):
+        columns = sorted({c for h in histories for c in h})
+        raise UserError("the study's objective is not a column of its runs' histories",
+                        where=f"{study_dir / 'study.toml'} objective.metric",
+                        expected="one of " + ", ".join(columns), found=spec.metric,
+                        hint=close_match(spec.metric, columns))
+
+
 def collect(study_dir: Path, spec: StudySpec, study_id: str) -> dict:
     """results.json's content, from the pair records and the runs' metrics.json (each run's
     validation history of the objective is kept under `_curves` for the picture)."""
@@ -113,6 +125,7 @@ def collect(study_dir: Path, spec: StudySpec, study_id: str) -> dict:
                                             spec.direction)
     curves = {c["configuration"]: [r["_metrics"].get("history") or {} for r in c["runs"]
                                    if r["status"] in COUNTED] for c in configs}
+    _check_metric(study_dir, spec, [h for runs in curves.values() for h in runs if h])
     for entry in configs:
         entry.pop("_counted")
         for run in entry["runs"]:

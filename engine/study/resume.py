@@ -13,7 +13,7 @@ from engine.study import claims
 from engine.study import spec as specs
 from engine.study.checks import registry_of
 from engine.study.spec import StudySpec
-from engine.study.worker import load
+from engine.study.study_toml import load
 
 
 def open_study(path: str) -> tuple[Path, StudySpec, str]:
@@ -25,6 +25,14 @@ def open_study(path: str) -> tuple[Path, StudySpec, str]:
                         found="no study.toml" if study_dir.is_dir() else "no such folder")
     spec, study_id = load(study_dir)
     return study_dir, spec, study_id
+
+
+def check_runnable(spec: StudySpec, study_dir: Path, recipes: str | None) -> None:
+    """The study's recipe and [base] config still resolve, as each of its runs will: a
+    renamed recipe or an edited study.toml stops here, not as one failure per run (nor,
+    with every run done, unnoticed)."""
+    resolve(spec.recipe, recipes=registry_of(spec, recipes), base=spec.base,
+            base_source=f"{study_dir / 'study.toml'} [base]")
 
 
 def _given(args: Any, spec: StudySpec, sets: list) -> dict:
@@ -42,7 +50,10 @@ def _given(args: Any, spec: StudySpec, sets: list) -> dict:
     if args.prune:
         given["prune"] = True
     if args.seeds is not None:
-        given["replicates"] = (specs.NO_REPLICATE, tuple(range(args.seeds)))
+        # a different count is refused below; a huge one is not listed to be compared
+        seeds = range(args.seeds)
+        given["replicates"] = (specs.NO_REPLICATE, tuple(seeds) if len(seeds) <= len(
+            spec.replicates) else seeds)
     if args.replicate:
         key, values = specs.parse_key_values("--replicate", args.replicate)
         given["replicates"] = (key, tuple(values))
@@ -51,7 +62,9 @@ def _given(args: Any, spec: StudySpec, sets: list) -> dict:
     if args.storage:
         given["storage"] = args.storage
     if sets or args.config:
+        # the flags over the study's own config: one that repeats it is no change
         _, _, cfg = resolve(spec.recipe, recipes=registry_of(spec, args.recipes),
+                            base=spec.base, base_source="study.toml [base]",
                             config_file=args.config, sets=sets)
         given["base"] = to_dict(cfg)
     return given
@@ -71,13 +84,39 @@ def check_same(args: Any, spec: StudySpec, study_dir: Path, sets: list) -> None:
     errors = []
     for part, value in given.items():
         if value != stored[part]:
+            keys = _differing(stored[part], value) if isinstance(value, dict) else []
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
             errors.append(UserError(
-                f"the study was made with another {part}", where=str(study_dir / "study.toml"),
-                expected=f"{part} as the study has it: {_show(stored[part])}",
-                found=f"{_show(value)} from the flags",
+                f"the study was made with another {part}" + (f" (it differs at {shown})"
+                                                             if keys else ""),
+                where=str(study_dir / "study.toml"),
+                expected=f"{part} as the study has it: " + (
+                    _at(stored[part], keys) if keys else _show(stored[part])),
+                found=(_at(value, keys) if keys else _show(value)) + " from the flags",
                 hint="a resumed study keeps its specification: leave the flags out, or start "
                      "a new study without --resume"))
     raise_all(errors)
+
+
+def _flat(value: Any, prefix: str = "") -> dict:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.")
+                .items()}
+    return {prefix.rstrip("."): value}
+
+
+def _differing(stored: dict, given: dict) -> list[str]:
+    """The dotted keys at which two tables differ."""
+    a, b = _flat(stored), _flat(given)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _NONE) != b.get(k, _NONE))
+
+
+def _at(table: dict, keys: list[str]) -> str:
+    flat = _flat(table)
+    return _show({k: flat.get(k, "(not set)") for k in keys[:5]})
+
+
+_NONE = object()
 
 
 def _show(value: Any) -> str:

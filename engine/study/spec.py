@@ -65,20 +65,6 @@ class StudySpec:
             study["prune"] = self.prune
         return {**study, "grid": {k: list(v) for k, v in self.grid.items()}, "base": self.base}
 
-    @classmethod
-    def from_toml_dict(cls, data: dict) -> StudySpec:
-        """The specification back from study.toml's tables."""
-        search = data.get("search") or {}
-        return cls(recipe=data["recipe"], recipes_file=data["recipes_file"], base=data["base"],
-                   grid={k: list(v) for k, v in (data.get("grid") or {}).items()},
-                   search=dict(search.get("space") or {}), trials=search.get("trials", 0),
-                   sampler=search.get("sampler", "tpe"),
-                   prune=search.get("prune", data.get("prune", False)),
-                   replicate_key=data["replicates"]["key"],
-                   replicates=tuple(data["replicates"]["values"]),
-                   metric=data["objective"]["metric"],
-                   direction=data["objective"]["direction"], storage=data["storage"])
-
 
 # --- flag syntax -----------------------------------------------------------------------------
 
@@ -155,6 +141,9 @@ def parse_search(text: str) -> tuple[str, str, Any]:
             raise UserError("choice needs plain values", where=flag,
                             expected="choice:V1,V2,... with numbers, booleans or strings",
                             found=spec)
+        if len({repr(v) for v in values}) != len(values):
+            raise UserError("choice lists a value twice", where=flag, expected="each value "
+                            "once (a repeated value is drawn more often)", found=spec)
         return key, spec, ("choice", values)
     bounds = rest.split(":")
     numbers = [_number(b) for b in bounds] if len(bounds) == 2 else None
@@ -188,8 +177,8 @@ def _number(text: str) -> int | float | None:
 
 def parse_objective(text: str) -> tuple[str, str]:
     """`METRIC[:min|max]`; without a direction, min."""
-    metric, _, direction = text.partition(":")
-    direction = direction or "min"
+    metric, colon, direction = text.partition(":")
+    direction = direction or ("" if colon else "min")
     if not metric or direction not in DIRECTIONS:
         raise UserError("--objective needs METRIC[:min|max]", where=f"--objective {text}",
                         expected="a history column and min or max, e.g. val_ndcg_at_5:max",

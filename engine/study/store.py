@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import UserError, first_line
 from engine.io.files import atomic_write_json
 from engine.study.spec import StudySpec, distribution
 
@@ -44,6 +45,18 @@ def open_storage(url: str, study_dir: Path | None) -> Any:
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
+def open_study_storage(spec: StudySpec, study_dir: Path) -> Any:
+    """The storage of an existing study, or a UserError naming it."""
+    try:
+        return open_storage(spec.storage, study_dir)
+    except Exception as exc:
+        first = first_line(exc)
+        raise UserError("the study's trial store cannot be opened",
+                        where=where_trials(spec, study_dir),
+                        expected="the journal file or database the study was made with",
+                        found=f"{type(exc).__name__}: {first}") from None
+
+
 def _sampler(spec: StudySpec) -> Any:
     optuna = quiet_optuna()
     if spec.sampler == "random":
@@ -51,14 +64,33 @@ def _sampler(spec: StudySpec) -> Any:
     return optuna.samplers.TPESampler()
 
 
-def optuna_study(spec: StudySpec, study_id: str, storage: Any, *, create: bool = False) -> Any:
-    """The study's Optuna study in `storage` (made with `create=True`)."""
+def optuna_study(spec: StudySpec, study_id: str, storage: Any, *, create: bool = False,
+                 study_dir: Path | None = None) -> Any:
+    """The study's Optuna study in `storage` (made with `create=True`; else loaded, and a
+    UserError naming the journal in `study_dir` or the database when that fails)."""
     optuna = quiet_optuna()
     direction = "minimize" if spec.direction == "min" else "maximize"
     if create:
         return optuna.create_study(storage=storage, study_name=study_id, direction=direction,
                                    sampler=_sampler(spec))
-    return optuna.load_study(study_name=study_id, storage=storage, sampler=_sampler(spec))
+    try:
+        return optuna.load_study(study_name=study_id, storage=storage, sampler=_sampler(spec))
+    except Exception as exc:   # a damaged or missing journal, another database, a lost table
+        first = first_line(exc)
+        raise UserError("the study's trials cannot be read from its trial store",
+                        where=where_trials(spec, study_dir),
+                        expected=f"the Optuna study {study_id} that sweep made there",
+                        found=f"{type(exc).__name__}: {first}",
+                        hint="the journal is append-only: restore it from a copy (the runs "
+                             "and their pair records are kept, but the search's trials and "
+                             "the pruner's history live there)") from None
+
+
+def where_trials(spec: StudySpec, study_dir: Path | None) -> str:
+    """Where the trials live: the journal file's path, or the database URL."""
+    if spec.storage == "journal" and study_dir is not None:
+        return str(study_dir / "optuna.journal")
+    return spec.storage
 
 
 def pruning_study(spec: StudySpec, study_id: str, storage: Any, replicate: int) -> Any:
@@ -81,7 +113,42 @@ def read_configurations(study_dir: Path) -> list[dict]:
     folder = study_dir / "configurations"
     if not folder.is_dir():
         return []
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
+    records = [_read_configuration(p) for p in sorted(folder.glob("[0-9]*.json"))]
+    for number, record in enumerate(records):
+        if record["configuration"] != number:   # one lost: later numbers would shift
+            raise UserError("a study's configuration record is missing",
+                            where=str(_config_path(study_dir, number)),
+                            expected=f"configurations 0 to {len(records) - 1}, one file each",
+                            found=f"no file for configuration {number}")
+    return records
+
+
+def _read_configuration(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        problem = f"unreadable ({exc})"
+    else:
+        problem = _configuration_problem(path, record)
+    if problem:
+        raise UserError("a study's configuration record is damaged", where=str(path),
+                        expected='a JSON object {"configuration", "params", "trial"} as '
+                                 'sweep writes it', found=problem,
+                        hint="restore it from a copy: its runs are kept under runs/")
+    return record
+
+
+def _configuration_problem(path: Path, record: object) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    number = record.get("configuration")
+    if type(number) is not int or path.name != f"{number:04d}.json":
+        return f"configuration = {number!r}, not the number its name says"
+    if not isinstance(record.get("params"), dict):
+        return f"params = {record.get('params')!r}, not an object"
+    if type(record.get("trial")) is not int:
+        return f"trial = {record.get('trial')!r}, not a trial's number"
+    return None
 
 
 def _write_configuration(study_dir: Path, number: int, params: dict, trial: int) -> dict:

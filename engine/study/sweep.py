@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,18 +24,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import UserError, first_line
 from engine.io.files import atomic_write_text
 from engine.io.run_dir import check_writable, new_run_id
 from engine.study import claims, store
 from engine.study.local import die_with_parent
 from engine.study.spec import StudySpec
-from engine.study.worker import SignalFlag, load, work
+from engine.study.study_toml import load
+from engine.study.worker import SignalFlag, work
 
 
 def create(spec: StudySpec, output_dir: str) -> Path:
     """The new study's directory with study.toml, the trial store and (a grid) its
     configurations; made only once every check has passed."""
-    import tomli_w  # deferred: start-up time
     root = Path(output_dir) / "studies" / spec.recipe
     check_writable(root, output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -46,6 +48,24 @@ def create(spec: StudySpec, output_dir: str) -> Path:
         except FileExistsError:
             continue
     study_dir = root / study_id
+    try:
+        _fill(spec, study_id, study_dir)
+    except BaseException as exc:
+        # the folder is this call's own and holds no run yet: a half-made study would only
+        # be a folder `--resume` cannot open
+        shutil.rmtree(study_dir, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, UserError):
+            first = first_line(exc)
+            raise UserError("the study's trial store cannot be made",
+                            where=store.where_trials(spec, study_dir),
+                            expected="a journal file or database this user can write",
+                            found=f"{type(exc).__name__}: {first}") from None
+        raise
+    return study_dir
+
+
+def _fill(spec: StudySpec, study_id: str, study_dir: Path) -> None:
+    import tomli_w  # deferred: start-up time
     atomic_write_text(study_dir / "study.toml", "# python -m engine sweep --resume "
                       f"{study_dir}\n" + tomli_w.dumps({"study_id": study_id,
                                                         **spec.to_toml_dict()}))
@@ -54,7 +74,6 @@ def create(spec: StudySpec, output_dir: str) -> Path:
     study = store.optuna_study(spec, study_id, storage, create=True)
     if not spec.search:
         store.create_grid(spec, study, study_dir)
-    return study_dir
 
 
 def progress(study_dir: Path, spec: StudySpec) -> tuple[int, int, int]:

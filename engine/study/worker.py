@@ -24,7 +24,6 @@ import attrs
 from engine.core.errors import UserError, UserErrors
 from engine.io import plot_service
 from engine.io.fit import RecipeFailed, fit
-from engine.io.layering import read_toml
 from engine.io.metrics import read_metrics
 from engine.io.plot_service import wait_for_plots
 from engine.io.registry import resolve
@@ -33,6 +32,7 @@ from engine.study.checks import registry_of, value_set
 from engine.study.report import write_results
 from engine.study.results import COUNTED, FINISHED, at_best
 from engine.study.spec import StudySpec
+from engine.study.study_toml import load
 
 ENDED = (*FINISHED, "failed")
 
@@ -57,12 +57,6 @@ class Context:
     registry: str
     storage: Any
     study: Any
-
-
-def load(study_dir: Path) -> tuple[StudySpec, str]:
-    """The specification and study id in study.toml."""
-    data = read_toml(study_dir / "study.toml", "study.toml")
-    return StudySpec.from_toml_dict(data), data["study_id"]
 
 
 class SignalFlag:
@@ -228,9 +222,9 @@ def work(study_dir: Path, *, recipes: str | None = None, on_done: Any = None) ->
     run of the study failed) or "done"."""
     study_dir = Path(study_dir)
     spec, study_id = load(study_dir)
-    storage = store.open_storage(spec.storage, study_dir)
+    storage = store.open_study_storage(spec, study_dir)
     ctx = Context(study_dir, study_id, spec, registry_of(spec, recipes), storage,
-                  store.optuna_study(spec, study_id, storage))
+                  store.optuna_study(spec, study_id, storage, study_dir=study_dir))
     heartbeat, flag = claims.Heartbeat(), SignalFlag().install()
     interrupted = False
     plots = plot_service.service()

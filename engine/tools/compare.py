@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -122,15 +123,46 @@ def _default_output() -> Path:
     return path
 
 
-def cli(run_dirs: list[str], output: str | None) -> int:
-    """Print what differs and the best figures; write the picture. UserErrors (exit 2) for
-    fewer than two runs, a folder that is not a run, or an output file that exists."""
+def _same_runs(run_dirs: list[str]) -> list[UserError]:
+    # the same folder twice (however spelt) compares a run with itself: no differences to show
+    seen: dict[Path, str] = {}
     errors = []
-    if len(run_dirs) < 2:
-        errors.append(UserError("compare needs two runs or more", where="RUN_DIR arguments",
-                                expected="two run directories or more",
-                                found=f"{len(run_dirs)}"))
-    runs = []
+    for run_dir in run_dirs:
+        real = Path(run_dir).resolve()
+        if real in seen:
+            spelt = run_dir if run_dir == seen[real] else f"{seen[real]} and {run_dir}"
+            errors.append(UserError("compare got the same run twice", where="RUN_DIR arguments",
+                                    expected="different run directories",
+                                    found=f"the same run directory twice: {spelt}"))
+        seen.setdefault(real, run_dir)
+    return errors
+
+
+def _output_error(target: Path, flag: str) -> UserError | None:
+    """Why the picture cannot be written to `target`, checked before any run is read."""
+    expected = "a new file (compare never overwrites one)"
+    if target.is_dir():
+        return UserError("the output is a folder", where=flag, expected=f"{expected}, not a "
+                         "folder", found="an existing folder",
+                         hint=f"name a file in it, e.g. {target / 'compare.png'}")
+    if target.exists():
+        return UserError("the output file exists", where=flag, expected=expected,
+                         found="an existing file", hint="name another file")
+    existing = target.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return UserError("the output file cannot be made", where=flag, expected="a path "
+                         "under a folder", found=f"{existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return UserError("the output file cannot be made", where=flag, expected="a folder "
+                         "this user can create files in",
+                         found=f"{existing} is not writable by this user")
+    return None
+
+
+def _load_all(run_dirs: list[str]) -> tuple[list[tuple[Path, dict, dict]], list[UserError]]:
+    runs, errors = [], []
     for run_dir in run_dirs:
         try:
             runs.append((Path(run_dir), *load(run_dir)))
@@ -138,12 +170,25 @@ def cli(run_dirs: list[str], output: str | None) -> int:
             errors.append(UserError("not a run directory", where=run_dir,
                                     expected="a run's folder with metrics.json and config.toml",
                                     found=str(exc)))
+    return runs, errors
+
+
+def cli(run_dirs: list[str], output: str | None) -> int:
+    """Print what differs and the best figures; write the picture. UserErrors (exit 2) for
+    fewer than two runs, the same run twice, a folder that is not a run (or whose metrics.json
+    is torn or damaged), or an output path that exists or cannot be made."""
+    errors = []
+    if len(run_dirs) < 2:
+        errors.append(UserError("compare needs two runs or more", where="RUN_DIR arguments",
+                                expected="two run directories or more",
+                                found=f"{len(run_dirs)}"))
+    errors += _same_runs(run_dirs)
+    runs, problems = _load_all(run_dirs)
+    errors += problems
     target = Path(output) if output else _default_output()
-    if output and target.exists():
-        errors.append(UserError("the output file exists", where=f"--output {output}",
-                                expected="a new file (compare never overwrites one)",
-                                found="an existing file", hint="name another file"))
-    raise_all(errors)
+    flag = f"--output {output}" if output else f"the default output {target}"
+    problem = _output_error(target, flag)
+    raise_all(errors + ([problem] if problem else []))
     labels = [str(m.get("run_id") or p.name) for p, m, _ in runs]
     for i, (path, metrics, _) in enumerate(runs):
         print(f"{labels[i]}  {metrics.get('recipe', '?')}  {path}")
@@ -161,5 +206,9 @@ def cli(run_dirs: list[str], output: str | None) -> int:
         raise UserError("the output file exists", where=str(target),
                         expected="a new file (compare never overwrites one)",
                         found="a file made while comparing") from None
+    except OSError as exc:   # the folder changed since the check, or a full disk
+        raise UserError("the output file cannot be written", where=str(target),
+                        expected="a new file this user can write",
+                        found=exc.strerror or str(exc)) from None
     print(f"\npicture: {target}")
     return 0

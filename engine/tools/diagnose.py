@@ -14,25 +14,27 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import attrs
 
-from engine.core.errors import UserError
+from engine.core.errors import UserError, describe_value
 from engine.io.layering import read_toml
 from engine.tools.diagnose_rules import RULES, not_learning, plateau
 from engine.tools.diagnose_view import SEVERITIES, Finding, View, best_of, g, view_of
+from engine.tools.metrics_shape import damage
 
 __all__ = ["SEVERITIES", "Finding", "cli", "diagnose", "findings", "load_run", "render"]
 
 
 # --- files -----------------------------------------------------------------------------------
 
-def _shape_error(path: Path, found: str) -> UserError:
-    return UserError("not a run directory", where=str(path),
+def _shape_error(path: Path, found: str, what: str = "not a run directory") -> UserError:
+    # a folder without metrics.json is likely the wrong folder; a torn or damaged file is not
+    hint = ("pass a folder under {output_dir}/models/{recipe}/runs/"
+            if what == "not a run directory" else None)
+    return UserError(what, where=str(path),
                      expected='metrics.json of a run: {"status": ..., "history": {column: '
-                     "[values]}, ...}", found=found,
-                     hint="pass a folder under {output_dir}/models/{recipe}/runs/")
+                     "[values]}, ...}", found=found, hint=hint)
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, dict]:
@@ -48,30 +50,24 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     except FileNotFoundError:
         raise _shape_error(path, "no metrics.json in it") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _shape_error(metrics_path, f"unreadable JSON ({exc})") from None
-    _check_shape(metrics_path, metrics)
-    train: dict = {}
-    if (path / "config.toml").is_file():
-        table = read_toml(path / "config.toml", "run config").get("train", {})
-        train = dict(table) if isinstance(table, Mapping) else {}
-    return metrics, _with_defaults(train)
+        raise _shape_error(metrics_path, f"unreadable JSON ({exc})",
+                           "metrics.json is torn or unreadable") from None
+    problem = damage(metrics)   # the shape `runs` and `compare` check too
+    if problem is not None:
+        raise _shape_error(metrics_path, problem, "metrics.json is damaged")
+    return metrics, _with_defaults(_train_table(path / "config.toml"))
 
 
-def _check_shape(path: Path, metrics: Any) -> None:
-    if not isinstance(metrics, dict):
-        raise _shape_error(path, f"a JSON {type(metrics).__name__}, not an object")
-    history = metrics.get("history")
-    if not isinstance(history, dict):
-        raise _shape_error(path, "no \"history\" object" if history is None
-                           else f"\"history\" is a JSON {type(history).__name__}")
-    for key, column in history.items():
-        if not isinstance(column, list):
-            raise _shape_error(path, f"history[\"{key}\"] is not a list")
-        if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)))
-               for x in column):
-            raise _shape_error(path, f"history[\"{key}\"] holds a value that is not a number")
-    if len({len(c) for c in history.values()}) > 1:
-        raise _shape_error(path, "history columns of different lengths")
+def _train_table(path: Path) -> dict:
+    # no config.toml (a hand-made or copied run): every setting at its default
+    if not path.exists():
+        return {}
+    table = read_toml(path, "run config").get("train", {})
+    if not isinstance(table, Mapping):
+        raise UserError("the run config's [train] is not a table", where=str(path),
+                        expected="a [train] table of TrainConfig's settings",
+                        found=f"train = {describe_value(table)}")
+    return dict(table)
 
 
 def _with_defaults(train: Mapping) -> dict:

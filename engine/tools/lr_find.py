@@ -32,7 +32,7 @@ from engine.core.preflight import first_batch_check
 from engine.core.recipe import StepContext
 from engine.io.files import atomic_write_bytes, atomic_write_json
 from engine.io.registry import resolve
-from engine.io.run_dir import new_run_id, unwritable
+from engine.io.run_dir import check_writable, new_run_id, unwritable
 
 
 @attrs.frozen
@@ -199,6 +199,14 @@ def cli(name: str, *, recipes: str | None = None, config_file: str | None = None
     )
 
     _, recipe, cfg = resolve(name, recipes=recipes, config_file=config_file, sets=sets)
+    out = output_dir or cfg.train.output_dir
+    # before the sweep: a folder that cannot be made would throw its whole result away
+    try:
+        check_writable(Path(out) / "lr_find" / name, out)
+    except UserError as exc:
+        if output_dir:   # name the flag the user typed, not the config key it sets
+            exc.where = f"--output-dir {output_dir}"
+        raise
     # built and checked as `run` and `check` build them: seeded, the recipe's mistakes named
     check_inputs(recipe, cfg)
     device = resolve_device(cfg.train.device)
@@ -221,7 +229,7 @@ def cli(name: str, *, recipes: str | None = None, config_file: str | None = None
                         where=f"recipe '{name}'", expected="a finite training loss for at least "
                         "3 steps", found=f"{len(result.lrs)} finite step(s) from lr 1e-7",
                         hint="check the data for inf/NaN and the loss function")
-    folder, _ = _new_folder(Path(output_dir or cfg.train.output_dir) / "lr_find" / name)
+    folder, _ = _new_folder(Path(out) / "lr_find" / name)
     atomic_write_json(folder / "lr_find.json", {
         "lrs": list(result.lrs), "losses": list(result.losses),
         "suggested_lr": result.suggested_lr})

@@ -2,8 +2,9 @@
 
 Every run under `{output_dir}/models/*/runs/*` and every study's run under
 `{output_dir}/studies/*/*/runs/*` (its metrics.json `study` block names the study), read from
-metrics.json and config.toml alone. A folder that is not a run, or whose metrics.json is torn,
-is one line on stderr; the other runs are still listed.
+metrics.json and config.toml alone. A folder that is not a run, or whose metrics.json is torn
+or damaged (a field of the wrong shape, see `damage`), is one line on stderr; the other runs are
+still listed.
 
 - `started`: the time in the run's id (`YYYYMMDD-HHMMSS-xxxx`, the local clock when the run
   was made), in UTC; for a folder whose name is not a run id, config.toml's modification time.
@@ -27,6 +28,7 @@ import attrs
 
 from engine.core.errors import UserError
 from engine.io.layering import read_toml
+from engine.tools.metrics_shape import damage
 
 PATTERNS = ("models/*/runs/*", "studies/*/*/runs/*")
 
@@ -62,8 +64,9 @@ def load(run_dir: str | Path) -> tuple[dict, dict]:
         raise NotARun("not a run (no metrics.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotARun(f"metrics.json is torn or unreadable ({exc})") from None
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), dict):
-        raise NotARun("metrics.json has no history (not a run's metrics.json)")
+    problem = damage(metrics)
+    if problem is not None:
+        raise NotARun(f"metrics.json is damaged ({problem})")
     try:
         config = read_toml(path / "config.toml", "config.toml")
     except UserError as exc:
@@ -90,28 +93,28 @@ def _number(value: Any) -> float | None:
 
 
 def run_info(run_dir: Path) -> RunInfo:
-    """One run's row for `runs` from its metrics.json and config.toml; a UserError for a folder
-    that is not one."""
-    metrics, _ = load(run_dir)
-    history, best = metrics["history"], metrics.get("best") or {}
-    epochs = [e for e in history.get("epoch", []) if isinstance(e, int)]
-    status = str(metrics.get("status", "unknown"))
+    """One run's row for `runs` from its metrics.json and config.toml; NotARun for a folder
+    that is not one (or whose metrics.json is torn or damaged)."""
+    metrics, _ = load(run_dir)   # checked by `damage`: every field below has its shape
+    history, best = metrics["history"], metrics.get("best", {})
+    epochs = history.get("epoch", [])
+    status = metrics.get("status", "unknown")
     start = started_at(run_dir)
     duration = None
     if start is not None:
-        end = (time.time() if status == "running"
-               else (run_dir / "metrics.json").stat().st_mtime)
-        duration = round(max(0.0, end - start.timestamp()), 1)
-    study = metrics.get("study")
-    study_id = study.get("study_id") if isinstance(study, dict) else None
+        try:
+            end = (time.time() if status == "running"
+                   else (run_dir / "metrics.json").stat().st_mtime)
+            duration = round(max(0.0, end - start.timestamp()), 1)
+        except OSError:   # removed since it was read: the row stands without a duration
+            pass
+    study_id = metrics.get("study", {}).get("study_id")
     return RunInfo(
-        run_id=str(metrics.get("run_id") or run_dir.name), recipe=str(metrics.get("recipe", "?")),
+        run_id=metrics.get("run_id", run_dir.name), recipe=metrics.get("recipe", "?"),
         status=status, epochs=max(epochs) + 1 if epochs else 0,
-        best_epoch=best.get("epoch") if isinstance(best.get("epoch"), int) else None,
-        best_val_loss=_number(best.get("val_loss")),
+        best_epoch=best.get("epoch"), best_val_loss=_number(best.get("val_loss")),
         started=start.isoformat(timespec="seconds").replace("+00:00", "Z") if start else None,
-        duration_s=duration, study_id=None if study_id is None else str(study_id),
-        run_dir=str(run_dir))
+        duration_s=duration, study_id=study_id, run_dir=str(run_dir))
 
 
 def listing(output_dir: str | Path, name: str | None = None) -> tuple[list[RunInfo], list[str]]:
@@ -182,8 +185,15 @@ def table(runs: list[RunInfo], width: int) -> str:
 
 
 def cli(name: str | None, output_dir: str | None, as_json: bool) -> int:
-    """Print the runs (a table, or JSON); skipped folders on stderr. Exit 0."""
+    """Print the runs (a table, or JSON); skipped folders on stderr. Exit 0 (a UserError for an
+    output directory that is a file)."""
+    where = f"--output-dir {output_dir}" if output_dir else "the default output directory"
     output_dir = output_dir or "artifacts"
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        # a folder that does not exist yet holds no runs; a file in its place is a mistake
+        raise UserError("the output directory is a file", where=where,
+                        expected="the folder that holds models/ and studies/",
+                        found=f"{output_dir} is a file, not a folder")
     runs, problems = listing(output_dir, name)
     for line in problems:
         print(line, file=sys.stderr)

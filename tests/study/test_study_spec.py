@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from engine.cli.main import main
 from engine.study import spec as specs
+from engine.study import study_toml
 from engine.study.checks import value_set
 
 RECIPES = Path(__file__).with_name("recipes.toml")
@@ -40,13 +42,15 @@ def test_value_set_round_trips_through_set():
         assert specs.parse_value("a.b", value_set("a.b", value).split("=", 1)[1], "x") == value
 
 
-def test_study_toml_round_trip():
+def test_study_toml_round_trip(tmp_path):
     """study.toml holds the whole specification."""
     spec = specs.StudySpec(recipe="tiny", recipes_file="/x/recipes.toml", base={"train": {}},
                            search={"train.learning_rate": "loguniform:1e-4:1e-2"}, trials=5,
                            sampler="random", prune=True, replicate_key="train.seed",
                            replicates=(0, 1), metric="val_mae", direction="max")
-    assert specs.StudySpec.from_toml_dict(spec.to_toml_dict()) == spec
+    (tmp_path / "study.toml").write_text(tomli_w.dumps({"study_id": "s1",
+                                                         **spec.to_toml_dict()}))
+    assert study_toml.load(tmp_path) == (spec, "s1")
     grid = specs.StudySpec(recipe="t", recipes_file="r", base={}, grid={"a": [1, 2], "b": [3]})
     assert grid.configurations() == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
 
@@ -89,6 +93,16 @@ BAD = [
     (["--set", "train.epocs=3"], ["unknown config key 'train.epocs'"]),
     (["--grid", "model.width=2,3", "--replicate", "model.width=4,5"],
      ["both a configuration and a replicate"]),
+    (["--search", "model.width=choice:8,8"], ["choice lists a value twice"]),
+    (["--objective", "val_mae:"], ["--objective needs METRIC[:min|max]"]),
+    (["--sampler", "random"], ["--sampler without --search"]),
+    (["--seeds", "100000000000"], ["the study is too large", "100,000,000,000 runs"]),
+    (["--grid", "model.width=1,2,3,4,5,6,7,8,9,10", "--grid", "train.epochs=1,2,3,4,5,6,7,8,9,10",
+      "--grid", "train.batch_size=1,2,3,4,5,6,7,8,9,10", "--seeds", "101"],
+     ["the study is too large", "101,000 runs"]),
+    (["--storage", "sqlite:///"], ["SQLite storage needs a file"]),
+    (["--storage", "sqlite:///no/such/folder/x.db"], ["the SQLite file's folder does not exist"]),
+    (["--storage", "sqlite:///."], ["the SQLite file is a folder"]),
 ]
 
 

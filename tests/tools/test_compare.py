@@ -3,6 +3,9 @@ of the validation curves, never written over an existing file."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 from helpers import engine, run_dirs
 
@@ -65,3 +68,48 @@ def test_bad_run_dirs_are_exit_2_with_one_message_each(two_runs, tmp_path):
     assert done.stderr.count("error: not a run directory") == 2
     done = engine("compare", str(first), cwd=cwd)
     assert done.returncode == 2 and "compare needs two runs or more" in done.stderr
+
+
+def test_the_same_run_twice_is_exit_2(two_runs):
+    """However spelt (a trailing slash, a `..` detour), one run twice is refused, no picture."""
+    cwd, (first, _) = two_runs
+    before = sorted((cwd / "artifacts" / "compare").glob("*"))
+    detour = first / ".." / first.name
+    done = engine("compare", str(first), f"{first}/", cwd=cwd)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1 and "where: RUN_DIR arguments" in done.stderr
+    assert f"found: the same run directory twice: {first} and {first}/" in done.stderr
+    done = engine("compare", str(first), str(detour), cwd=cwd)
+    assert done.returncode == 2 and "the same run directory twice" in done.stderr
+    assert sorted((cwd / "artifacts" / "compare").glob("*")) == before
+
+
+def test_an_output_that_is_a_folder_or_under_a_file_is_exit_2(two_runs, tmp_path):
+    cwd, (first, second) = two_runs
+    (tmp_path / "pictures").mkdir()
+    done = engine("compare", str(first), str(second), "--output", str(tmp_path / "pictures"),
+                  cwd=cwd)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: the output is a folder" in done.stderr
+    assert "found: an existing folder" in done.stderr and "existing file" not in done.stderr
+    assert list((tmp_path / "pictures").iterdir()) == []
+    (tmp_path / "notes.txt").write_text("keep me")
+    done = engine("compare", str(first), str(second), "--output",
+                  str(tmp_path / "notes.txt" / "c.png"), cwd=cwd)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"found: {tmp_path / 'notes.txt'} is a file, not a folder" in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_a_damaged_metrics_json_is_exit_2_naming_the_field(two_runs, tmp_path):
+    cwd, (first, second) = two_runs
+    broken = tmp_path / second.name
+    shutil.copytree(second, broken)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    (broken / "metrics.json").write_text(json.dumps({**metrics, "best": "x"}))
+    done = engine("compare", str(first), str(broken), "--output", str(tmp_path / "c.png"),
+                  cwd=cwd)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.count("error:") == 1 and f"where: {broken}" in done.stderr
+    assert 'metrics.json is damaged ("best" is "x", not an object)' in done.stderr
+    assert not (tmp_path / "c.png").exists()

@@ -280,6 +280,13 @@ def test_human_output(tmp_path, capsys):
     (lambda p: write_run(p / "r", {"status": "completed"}), 'no "history"'),
     (lambda p: write_run(p / "r", {"history": {"val_loss": ["a"]}}), "not a number"),
     (lambda p: write_run(p / "r", {"history": {"a": [1], "b": []}}), "different lengths"),
+    (lambda p: write_run(p / "r", {**run(DECAY, DECAY), "best": "x"}), '"best" is "x"'),
+    (lambda p: write_run(p / "r", {**run(DECAY, DECAY), "history": []}), '"history" is []'),
+    (lambda p: write_run(p / "r", {**run(DECAY, DECAY), "status": 5}), '"status" is 5'),
+    (lambda p: write_run(p / "r", {**run(DECAY, DECAY), "error": "boom"}), '"error" is "boom"'),
+    (lambda p: write_run(p / "r", {**run(DECAY, DECAY), "best": {"epoch": 99}}),
+     'best["epoch"] is 99'),
+    (lambda p: write_run(p / "r", {"history": {"val_loss": [0.5, 0.4]}}), 'no "epoch" column'),
 ])
 def test_not_a_run_is_a_user_error(tmp_path, make, found):
     """A path that is not a run raises a UserError naming the path and what was found."""
@@ -287,6 +294,14 @@ def test_not_a_run_is_a_user_error(tmp_path, make, found):
     with pytest.raises(UserError) as info:
         diagnose(path)
     assert found in info.value.found and str(path) in info.value.where
+
+
+def test_train_that_is_not_a_table_is_a_user_error(tmp_path):
+    """config.toml's `train = "x"` is named, not read as every default."""
+    folder = write_run(tmp_path / "r", run(DECAY, DECAY), config='train = "x"\n')
+    with pytest.raises(UserError) as info:
+        diagnose(folder)
+    assert info.value.where == str(folder / "config.toml") and "train = str" in info.value.found
 
 
 def python_m_engine(args, cwd):
@@ -307,6 +322,20 @@ def test_cli_exit_codes(tmp_path):
     proc = python_m_engine(["diagnose", str(tmp_path / "nope")], tmp_path)
     assert proc.returncode == 2
     assert "not a run directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_damaged_metrics_is_exit_2_naming_file_and_field(tmp_path):
+    """A metrics.json of the wrong shape is not called healthy: exit 2, the file and the
+    field named, as for a torn one."""
+    for name, change, field in [("best", {"best": "x"}, '"best" is "x", not an object'),
+                                ("status", {"status": 5}, '"status" is 5')]:
+        folder = write_run(tmp_path / name, {**run(DECAY, DECAY), **change})
+        proc = python_m_engine(["diagnose", str(folder)], tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout == "" and proc.stderr.count("error:") == 1
+        assert "error: metrics.json is damaged" in proc.stderr
+        assert str(folder / "metrics.json") in proc.stderr and field in proc.stderr
 
 
 # --- real runs through engine.fit ------------------------------------------------------------

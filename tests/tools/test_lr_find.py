@@ -237,3 +237,31 @@ def test_python_m_engine_lr_find(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--set train.learning_rate=" in proc.stdout
     assert list((tmp_path / "o" / "lr_find" / "linreg").glob("*/lr_find.json"))
+
+
+@pytest.mark.parametrize("where", ["file", "under-file", "read-only"])
+def test_an_unusable_output_dir_is_refused_before_the_sweep(tmp_path, capsys, monkeypatch,
+                                                            where):
+    """--output-dir that is a file, lies under one or cannot be written: exit 2 naming it,
+    before any object is built or any step trained; the file is left as it was."""
+    import engine.core.building as building
+    from engine.cli import main
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    registry = make_project(tmp_path, f"lrf_output_{where.replace('-', '_')}")
+    built = []
+    monkeypatch.setattr(building, "build_objects", lambda *a, **k: built.append(a))
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep me")
+    if where == "read-only":
+        blocker = tmp_path / "locked"
+        blocker.mkdir(mode=0o555)
+    target = blocker / "sub" if where == "under-file" else blocker
+    code = main(["lr-find", "linreg", "--recipes", str(registry), "--output-dir", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and err.count("error:") == 1, err
+    assert "the output directory cannot be written" in err
+    assert f"where: --output-dir {target}" in err and str(blocker) in err
+    assert built == []
+    if where != "read-only":
+        assert blocker.read_text() == "keep me"

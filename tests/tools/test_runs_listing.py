@@ -116,3 +116,47 @@ def test_table_cuts_long_recipe_and_study_names():
         assert max(len(line) for line in lines) <= width
         assert "~" in lines[1] and lines[1].startswith("20260101-000000-abcd")
     assert "STARTED (UTC)" in table([row], 200) and "~" not in table([row], 200)
+
+
+# metrics.json parsed but of the wrong shape: (folder suffix, change to the real file, the field
+# the skip line must name)
+DAMAGED = [
+    ("best", {"best": "x"}, '"best" is "x", not an object'),
+    ("hist", {"history": []}, '"history" is [], not an object'),
+    ("stat", {"status": 5}, '"status" is 5, not a non-empty string'),
+    ("epch", {"best": {"epoch": 7, "val_loss": 0.1}}, 'best["epoch"] is 7'),
+    ("stdy", {"study": "lr-sweep"}, '"study" is "lr-sweep", not an object'),
+    ("col", {"history": {"epoch": "01"}}, 'history["epoch"] is "01", not a list'),
+]
+
+
+def test_a_damaged_metrics_json_is_skipped_like_a_torn_one(past_runs, tmp_path):
+    """Wrong shapes (and a JSON list at top level) are one 'damaged' line each naming the folder,
+    the file and the field; the sound run is still listed and the exit code is 0."""
+    _, first, _, _ = past_runs
+    root = tmp_path / "models" / "autoencoder" / "runs"
+    shutil.copytree(first, root / first.name)
+    metrics = json.loads((first / "metrics.json").read_text())
+    for suffix, change, _ in DAMAGED:
+        folder = root / f"20200101-000000-{suffix}"
+        shutil.copytree(first, folder)
+        (folder / "metrics.json").write_text(json.dumps({**metrics, **change}))
+    shutil.copytree(first, root / "20200101-000000-list")
+    (root / "20200101-000000-list" / "metrics.json").write_text("[1, 2]")
+    done = engine("runs", "--output-dir", str(tmp_path), "--json", cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert [r["run_id"] for r in json.loads(done.stdout)] == [first.name]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == len(DAMAGED) + 1
+    for suffix, _, field in [*DAMAGED, ("list", None, "a JSON list, not an object")]:
+        (line,) = [x for x in lines if f"20200101-000000-{suffix}:" in x]
+        assert "metrics.json is damaged" in line and field in line, line
+
+
+def test_an_output_dir_that_is_a_file_is_exit_2(tmp_path):
+    (tmp_path / "artifacts").write_text("not a folder")
+    for args in (["--output-dir", str(tmp_path / "artifacts")], []):
+        done = engine("runs", *args, cwd=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert "error: the output directory is a file" in done.stderr
+        assert "artifacts is a file, not a folder" in done.stderr
