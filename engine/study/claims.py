@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import socket
 import threading
@@ -115,6 +116,12 @@ def _shape_problem(path: Path, record: object) -> str | None:
         return f"state = {record.get('state')!r}, not one of {', '.join(STATES)}"
     if record["state"] != "pending" and not isinstance(record.get("run_id"), str):
         return f"run_id = {record.get('run_id')!r}, not a run's id"
+    if record["state"] == "done":
+        if not isinstance(record.get("status"), str):
+            return f"status = {record.get('status')!r}, not a run's status"
+        value = record.get("value")
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+            return f"value = {value!r}, not a finite number or null"
     return None
 
 

@@ -7,10 +7,13 @@ study.png when a worker has nothing left to run, and by `python -m engine report
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import UserError
 from engine.io import plot_service
 from engine.io.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from engine.study import stats
@@ -24,11 +27,26 @@ def write_results(study_dir: Path, spec: StudySpec, study_id: str, *,
     """Rewrite results.json and results.md (and study.png); return results.json's content."""
     data = collect(study_dir, spec, study_id)
     curves = data.pop("_curves")
-    atomic_write_json(study_dir / "results.json", data)
-    atomic_write_text(study_dir / "results.md", markdown(data))
+    with _named_on_failure(study_dir / "results.json"):
+        atomic_write_json(study_dir / "results.json", data)
+    with _named_on_failure(study_dir / "results.md"):
+        atomic_write_text(study_dir / "results.md", markdown(data))
     if picture:
-        write_picture(study_dir / "study.png", data, curves)
+        with _named_on_failure(study_dir / "study.png"):
+            write_picture(study_dir / "study.png", data, curves)
     return data
+
+
+@contextlib.contextmanager
+def _named_on_failure(path: Path) -> Iterator[None]:
+    # a full disk or a folder in the file's place: the report's own files, rewritten from the
+    # records each time, so nothing is lost; say which one
+    try:
+        yield
+    except OSError as exc:
+        raise UserError("a study's report file could not be written", where=str(path),
+                        expected="a file this user can write (sweep rewrites it)",
+                        found=exc.strerror or str(exc)) from None
 
 
 def write_picture(path: Path, data: dict, curves: dict) -> None:

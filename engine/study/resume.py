@@ -24,7 +24,28 @@ def open_study(path: str) -> tuple[Path, StudySpec, str]:
                         expected="a folder made by `python -m engine sweep` (with study.toml)",
                         found="no study.toml" if study_dir.is_dir() else "no such folder")
     spec, study_id = load(study_dir)
+    check_layout(study_dir)
     return study_dir, spec, study_id
+
+
+_LAYOUT = {"runs": "folder", "pairs": "folder", "configurations": "folder", "lock": "file",
+           "optuna.journal": "file", "results.json": "file", "results.md": "file",
+           "study.png": "file"}
+
+
+def check_layout(study_dir: Path) -> None:
+    """Each of the study's own entries, where it exists, is the kind sweep makes: a folder
+    where a file should be would fail a write deep in a worker; a file in place of
+    configurations/ would read as a study with no configurations."""
+    errors = []
+    for name, kind in _LAYOUT.items():
+        path = study_dir / name
+        if path.exists() and path.is_dir() != (kind == "folder"):
+            errors.append(UserError("the study directory is damaged", where=str(path),
+                                    expected=f"a {kind}", found="a folder" if path.is_dir()
+                                    else "a file", hint="sweep made it: restore it from a "
+                                    "copy (nothing was changed)"))
+    raise_all(errors)
 
 
 def check_runnable(spec: StudySpec, study_dir: Path, recipes: str | None) -> None:

@@ -108,8 +108,29 @@ def _config_path(study_dir: Path, number: int) -> Path:
     return study_dir / "configurations" / f"{number:04d}.json"
 
 
-def read_configurations(study_dir: Path) -> list[dict]:
-    """Every configuration made so far, in order: {"configuration", "params", "trial"}."""
+def read_configurations(study_dir: Path, spec: StudySpec) -> list[dict]:
+    """Every configuration made so far, in order: {"configuration", "params", "trial"};
+    a UserError naming the file when one is damaged or does not fit the specification."""
+    records = _read_all(study_dir)
+    grid = spec.configurations()
+    if grid is not None and len(records) != len(grid):
+        raise UserError("a study's configuration records are missing",
+                        where=str(study_dir / "configurations"),
+                        expected=f"the grid's {len(grid)} configurations, one file each",
+                        found=f"{len(records)} file(s)", hint="restore them from a copy")
+    for record in records:
+        number, params = record["configuration"], record["params"]
+        expected = grid[number] if grid is not None else None
+        if (params != expected) if grid is not None else (set(params) != set(spec.search)):
+            raise UserError("a study's configuration record does not fit its specification",
+                            where=str(_config_path(study_dir, number)),
+                            expected=f"params {expected}" if grid is not None else
+                            f"params for the search's keys {sorted(spec.search)}",
+                            found=f"params {params}", hint="restore it from a copy")
+    return records
+
+
+def _read_all(study_dir: Path) -> list[dict]:
     folder = study_dir / "configurations"
     if not folder.is_dir():
         return []

@@ -24,13 +24,12 @@ import attrs
 from engine.core.errors import UserError, UserErrors
 from engine.io import plot_service
 from engine.io.fit import RecipeFailed, fit
-from engine.io.metrics import read_metrics
 from engine.io.plot_service import wait_for_plots
 from engine.io.registry import resolve
 from engine.study import claims, store
 from engine.study.checks import registry_of, value_set
 from engine.study.report import write_results
-from engine.study.results import COUNTED, FINISHED, at_best
+from engine.study.results import COUNTED, FINISHED, at_best, run_metrics
 from engine.study.spec import StudySpec
 from engine.study.study_toml import load
 
@@ -156,7 +155,7 @@ def run_pair(ctx: Context, record: dict, params: dict, pruning: Pruning | None) 
     sets = [*(value_set(k, v) for k, v in params.items()), value_set(spec.replicate_key,
                                                                     replicate)]
     run_dir = ctx.study_dir / "runs" / record["run_id"]
-    old = read_metrics(run_dir)
+    old = run_metrics(run_dir)
     if old.get("status") in ENDED:   # ended before its worker could record it
         return Outcome(old["status"], objective_value(old.get("history") or {}, (old.get(
             "best") or {}).get("epoch"), spec.metric))
@@ -183,7 +182,7 @@ def _claim(ctx: Context) -> tuple[dict, dict, Pruning | None] | None:
     """Under the study lock: the next pair, its configuration's params, its pruner."""
     spec = ctx.spec
     with claims.study_lock(ctx.study_dir):
-        configs = store.read_configurations(ctx.study_dir)
+        configs = store.read_configurations(ctx.study_dir, ctx.spec)
         ask = None
         if spec.search and len(configs) < spec.trials:
             def ask(number: int) -> dict:
@@ -208,8 +207,8 @@ def _record(ctx: Context, record: dict, outcome: Outcome) -> None:
         pairs = claims.read_pairs(ctx.study_dir)
         mine = [pairs.get((number, i)) for i in range(len(ctx.spec.replicates))]
         if all(p is not None and p["state"] == "done" for p in mine):
-            trial = next(c["trial"] for c in store.read_configurations(ctx.study_dir)
-                         if c["configuration"] == number)
+            configs = store.read_configurations(ctx.study_dir, ctx.spec)
+            trial = next(c["trial"] for c in configs if c["configuration"] == number)
             values = [p["value"] for p in mine if p["status"] in COUNTED and
                       p["value"] is not None]
             store.tell_configuration(ctx.study, trial, values,

@@ -79,7 +79,32 @@ DAMAGE = {
     "lost configuration": (lambda s: (s / "configurations" / "0000.json").unlink(),
                            "a study's configuration record is missing",
                            "configurations/0000.json", "no file for configuration 0"),
+    "pair record with a value that is text": (
+        lambda s: _edit_json(_pair(s), lambda d: d.update(value="x")),
+        "a study's pair record is damaged", "c0000-r000.json", "value = 'x'"),
+    "configuration record of another grid point": (
+        lambda s: _edit_json(s / "configurations" / "0000.json",
+                             lambda d: d.update(params={"model.width": 3})),
+        "a study's configuration record does not fit its specification",
+        "configurations/0000.json", "{'model.width': 3}"),
+    "torn metrics.json of a run": (
+        lambda s: (_run_dir(s) / "metrics.json").write_text("{"),
+        "a study run's metrics.json is damaged", "metrics.json", "not JSON"),
+    "a folder in place of results.json": (
+        lambda s: ((s / "results.json").unlink(), (s / "results.json").mkdir()),
+        "the study directory is damaged", "results.json", "found: a folder"),
+    "a file in place of configurations/": (
+        lambda s: (shutil.rmtree(s / "configurations"), (s / "configurations").write_text("")),
+        "the study directory is damaged", "configurations", "found: a file"),
+    "a folder in place of the lock": (
+        lambda s: ((s / "lock").unlink(), (s / "lock").mkdir()),
+        "the study directory is damaged", "lock", "expected: a file"),
 }
+
+
+def _run_dir(study: Path) -> Path:
+    return study / "runs" / json.loads(_pair(study).read_text())["run_id"]
+
 
 RESUME_ONLY = {
     "garbage journal": (lambda s: (s / "optuna.journal").write_text("garbage{{\n"),
