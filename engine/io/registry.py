@@ -47,7 +47,8 @@ def find_registry(explicit: str | Path | None = None) -> Path:
         if not path.is_file():
             flag = "--recipes" if explicit else "ENGINE_RECIPES"
             raise UserError("recipes file not found", where=f"{flag} {named}",
-                            expected="an existing recipes.toml", found="no such file")
+                            expected="an existing recipes.toml",
+                            found="a folder" if path.is_dir() else "no such file")
         return path
     here = Path.cwd()
     for folder in (here, *here.parents):
@@ -74,8 +75,13 @@ def _entry(name: str, table: Any, path: Path) -> Entry:
         raise UserError(f"recipe '{name}' has an invalid import path",
                         where=f"{path} [{name}] recipe", expected='"package.module:attribute"',
                         found=describe_value(path_value))
+    description = table.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"recipe '{name}' has a description that is not text",
+                        where=f"{path} [{name}] description", expected='description = "..."',
+                        found=describe_value(description))
     defaults = {k: v for k, v in table.items() if k not in ENTRY_KEYS}
-    return Entry(name, path_value, str(table.get("description", "")), defaults, path)
+    return Entry(name, path_value, description, defaults, path)
 
 
 def read_registry(path: Path) -> dict[str, Entry]:

@@ -167,12 +167,20 @@ def test_bad_input_is_one_clear_error(project, capsys, verb, case, argv, extra, 
         assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_a_folder_named_as_the_registry(project, capsys):
+    (project / "folder.toml").mkdir()
+    assert main(["run", "ae", "--recipes", str(project / "folder.toml")]) == 2
+    _stderr_ok(capsys.readouterr().err, ["recipes file not found", "found: a folder"])
+
+
 @pytest.mark.parametrize("case, text, fragments", [
     ("not-toml", '[ae]\nrecipe = "recipes.autoencoder:recipe"\nepochs 3\n',
      ["recipes file is not valid TOML", "(at line 3, column 8)"]),
     ("entry-without-recipe", '[ae]\ndescription = "no import path"\n',
      ["recipe 'ae' has no import path", "[ae]", 'expected: recipe = "package.module:attribute"']),
-], ids=["not-toml", "entry-without-recipe"])
+    ("description-not-text", '[ae]\nrecipe = "recipes.autoencoder:recipe"\ndescription = 7\n',
+     ["recipe 'ae' has a description that is not text", "[ae] description", "found: int 7"]),
+], ids=["not-toml", "entry-without-recipe", "description-not-text"])
 def test_broken_registry(project, capsys, case, text, fragments):
     """A recipes.toml that is not TOML (line and column) or has an entry without `recipe`."""
     recipes = write_registry(project, text=text)
