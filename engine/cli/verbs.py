@@ -71,13 +71,14 @@ def _run(args: Any) -> int:
     from engine.io.registry import resolve  # deferred: start-up time
     from engine.io.run_dir import check_writable, new_run_id, runs_root  # deferred: start-up time
     sets = sets_of(args)
-    if args.resume:
-        plan = resuming.plan(args.resume, args.name)
+    if args.resume is not None:   # `--resume ""` is a mistake, not a new run
+        plan = resuming.plan(args.resume, args.name, config_given=bool(args.config))
         entry, recipe, cfg = resolve(args.name, recipes=args.recipes, config_file=args.config,
                                      sets=sets, base=plan.base_config,
                                      base_source=plan.base_source)
         plan.check_epochs(cfg, f"--resume {args.resume}")
         if plan.finished(cfg):
+            _say_not_applied(plan, cfg)
             if plan.epochs_done < cfg.train.epochs:
                 print(f"run {plan.run_dir or args.resume} was ended by early stopping after "
                       f"{plan.epochs_done} epochs: nothing to do (raise "
@@ -106,6 +107,14 @@ def _run(args: Any) -> int:
     result = fit(recipe, cfg, run_dir=run_dir, callbacks=(announce,), resume=checkpoint,
                  name=entry.name)
     return _report(result, entry.name)
+
+
+def _say_not_applied(plan: Any, cfg: Any) -> None:
+    from engine.core.config import to_dict  # deferred: start-up time
+    keys = plan.not_applied(to_dict(cfg))
+    if keys:
+        print(f"warning: the run has nothing left to do, so these settings are not applied: "
+              f"{', '.join(keys)}", file=sys.stderr)
 
 
 def _report(result: Any, name: str) -> int:

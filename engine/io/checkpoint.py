@@ -58,31 +58,99 @@ def load(path: str | Path) -> dict:
     """Read a checkpoint with weights_only=True; anything else is a UserError naming the file."""
     path = Path(path)
     where = str(path)
+    if path.is_dir():
+        raise UserError("the checkpoint is a folder, not a file", where=where,
+                        expected="a checkpoint file (.pt) written by the engine",
+                        found="a folder")
     if not path.is_file():
         raise UserError("checkpoint not found", where=where, expected="a checkpoint file (.pt)",
                         found="no such file")
+    _check_torch_file(path)
     try:
         with warnings.catch_warnings():   # junk bytes make torch warn of odd pickle protocols
             warnings.simplefilter("ignore", UserWarning)
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # the first line says why; the rest is torch's advice on allow-lists, not for us
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
         raise UserError("checkpoint refused: not a safe checkpoint", where=where,
                         expected="tensors and plain values only (weights_only=True)",
-                        found=first[:200]) from None
-    except Exception as exc:   # junk bytes can fail anywhere in the unpickler (KeyError, ...)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError("checkpoint cannot be read: torn or not a checkpoint", where=where,
-                        expected="a complete checkpoint written by the engine",
-                        found=first[:200]) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
-        keys = (", ".join(map(str, list(data)[:8])) if isinstance(data, dict)
-                else type(data).__name__)
-        raise UserError("not an engine checkpoint", where=where,
-                        expected=f"a dict with format = {FORMAT}, model, optimizer, loop, rng",
-                        found=keys)
+                        found=_why_unsafe(exc)) from None
+    except Exception as exc:
+        # the file was readable (its head was read): a torn archive fails anywhere in torch's
+        # reader, even as an OSError (EINVAL seeking past its end)
+        raise UserError("checkpoint cannot be read: the file is torn (cut short or damaged)",
+                        where=where, expected="a complete checkpoint written by the engine",
+                        found=f"{path.stat().st_size} bytes; {_first_line(exc)}",
+                        hint=_torn_hint(path)) from None
+    _check_engine_dict(data, where)
     return data
+
+
+def _torn_hint(path: Path) -> str:
+    """What to do about a damaged checkpoint (the engine writes them whole, atomically: something
+    else cut or changed it)."""
+    if path.name == "last.pt":
+        return ("something other than the engine cut or changed it; resume from an epoch-NNNN.pt "
+                "or the best.pt beside it, if there is one")
+    return ("something other than the engine cut or changed it; move it aside (model.pt holds "
+            "the best weights too) and resume again")
+
+
+# what torch.save writes: a zip archive (torch >= 1.6), or a pickle (protocol 2+) before that
+_TORCH_HEADS = (b"PK\x03\x04", b"\x80")
+
+
+def _check_torch_file(path: Path) -> None:
+    """A file that is empty or no torch file at all, said as such (torch would report a
+    KeyError or an unpickling error that reads like a damaged or unsafe checkpoint)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError as exc:
+        raise UserError("checkpoint cannot be read", where=str(path), expected="a readable file",
+                        found=exc.strerror or str(exc)) from None
+    if not head:
+        raise UserError("the checkpoint is an empty file", where=str(path),
+                        expected="a checkpoint written by the engine", found="0 bytes",
+                        hint=_torn_hint(path))
+    if not head.startswith(_TORCH_HEADS):
+        raise UserError("not a checkpoint: the file is not one torch.save writes",
+                        where=str(path), expected="a torch file (a zip archive, starting PK)",
+                        found=f"{path.stat().st_size} bytes starting {head!r}",
+                        hint="--resume takes a run directory or a checkpoints/*.pt file in one")
+
+
+def _first_line(exc: Exception) -> str:
+    # torch's zip reader appends a paragraph of advice after the first sentence
+    text = str(exc).strip().split(". This is an internal")[0]
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:200]
+
+
+def _why_unsafe(exc: pickle.UnpicklingError) -> str:
+    """The line of torch's message that names what was refused (a GLOBAL, say): its first line
+    is the same advice on weights_only for every file."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed",
+                                                              "Check the documentation"))]
+    return ((useful or lines or ["unpickling failed"])[0])[:200]
+
+
+def _check_engine_dict(data: Any, where: str) -> None:
+    if isinstance(data, dict) and data.get("format") == FORMAT and "model" in data:
+        return
+    if isinstance(data, dict) and data and all(isinstance(v, torch.Tensor)
+                                               for v in data.values()):
+        raise UserError("not an engine checkpoint: the file holds weights only", where=where,
+                        expected=f"a dict with format = {FORMAT}, model, optimizer, loop, rng",
+                        found=f"a plain state_dict of {len(data)} tensors "
+                              f"({', '.join(map(str, list(data)[:4]))}, ...)",
+                        hint="model.pt holds the best weights only; resume the run directory "
+                             "(its checkpoints/last.pt)")
+    keys = (", ".join(map(str, list(data)[:8])) if isinstance(data, dict)
+            else type(data).__name__)
+    raise UserError("not an engine checkpoint", where=where,
+                    expected=f"a dict with format = {FORMAT}, model, optimizer, loop, rng",
+                    found=keys)
 
 
 def check_matches(checkpoint: dict, path: str | Path, recipe_name: str,

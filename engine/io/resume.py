@@ -7,6 +7,8 @@ stored in the checkpoint).
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ class ResumePlan:
     mid_epoch: bool
     early_stopped: bool = False
     bad_validations: int = 0
+    stored_config: dict = attrs.field(factory=dict)   # the config the checkpoint holds
 
     def check_epochs(self, cfg: Any, where: str) -> None:
         """A resume that asks for fewer epochs than the run has done (or, stopped inside an
@@ -54,37 +57,40 @@ class ResumePlan:
         stopped = self.early_stopped and 0 < patience <= self.bad_validations
         return stopped or self.epochs_done >= cfg.train.epochs
 
+    def not_applied(self, cfg_dict: dict) -> list[str]:
+        """The settings a finished run was asked to change (`--set model.hidden_dim=32`) that
+        nothing applies, since nothing runs: said, not dropped in silence."""
+        return changed_keys(cfg_dict, self.stored_config,
+                            ignore=("train.epochs", "train.early_stopping_patience"))
 
-def plan(path: str | Path, name: str) -> ResumePlan:
-    """The ResumePlan for `--resume PATH` of recipe `name`; a path that is not a run or a
-    checkpoint of it is a UserError."""
+
+def plan(path: str | Path, name: str, config_given: bool = False) -> ResumePlan:
+    """The ResumePlan for `--resume PATH` of recipe `name` (`config_given`: with --config); a
+    path that is not a run or a checkpoint of it is a UserError. Everything is checked before
+    anything is written."""
+    if not str(path).strip():   # `--resume ""` (an unset shell variable) is no new run
+        raise UserError("--resume needs a path", where=f"--resume {str(path)!r}",
+                        expected="a run directory or a checkpoint file", found="an empty path")
     path = Path(path)
-    if path.is_dir():
-        checkpoint = path / "checkpoints" / "last.pt"
-        if not checkpoint.is_file():
-            raise UserError("nothing to resume in this folder", where=f"--resume {path}",
-                            expected="a run directory with checkpoints/last.pt",
-                            found="no checkpoints/last.pt" if (path / "metrics.json").exists()
-                            else "not a run directory")
-        run_dir = path
-    elif path.is_file():
-        checkpoint = path
-        parent = path.parent
-        run_dir = parent.parent if parent.name == "checkpoints" and (
-            parent.parent / "config.toml").is_file() else None
-    else:
-        raise UserError("resume path not found", where=f"--resume {path}",
-                        expected="a run directory or a checkpoint file", found="no such path")
+    checkpoint, run_dir = _locate(path)
     data = ckpt.load(checkpoint)
     if data.get("recipe") != name:
         raise UserError("the checkpoint is from another recipe", where=f"--resume {path}",
                         expected=f"a run of '{name}'", found=f"a run of '{data.get('recipe')}'")
     check_entries(data, checkpoint)   # before anything is built: the file alone
+    stored = data.get("config")
     if run_dir is not None:
-        base, source = read_toml(run_dir / "config.toml", "run config"), str(
-            run_dir / "config.toml")
+        source = str(run_dir / "config.toml")
+        base = read_toml(run_dir / "config.toml", "run config")
+        check_run_dir(run_dir, checkpoint, data, base)
     else:
-        base, source = data.get("config") or {}, f"{checkpoint} (stored config)"
+        base, source = stored or {}, f"{checkpoint} (stored config)"
+        if not stored and not config_given:   # the recipe's defaults would stand in silently
+            raise UserError("the checkpoint holds no config to start a new run from",
+                            where=str(checkpoint), expected="a 'config' entry (the engine "
+                            "writes one in every checkpoint)", found="none",
+                            hint="resume the run directory it came from, or give the run's "
+                                 "config.toml with --config")
         if not isinstance(base, dict):
             raise UserError("the checkpoint cannot be resumed: its stored config is not a "
                             "table", where=str(checkpoint), expected="a 'config' entry: a dict "
@@ -95,4 +101,142 @@ def plan(path: str | Path, name: str) -> ResumePlan:
                       base_source=source, epochs_done=int(loop.get("epoch", 0)),
                       mid_epoch=int(loop.get("batch", 0)) > 0,
                       early_stopped=loop.get("status") == "early_stopped",
-                      bad_validations=int(loop.get("bad_validations", 0)))
+                      bad_validations=int(loop.get("bad_validations", 0)),
+                      stored_config=stored if isinstance(stored, dict) else {})
+
+
+def _locate(path: Path) -> tuple[Path, Path | None]:
+    """(the checkpoint, its run directory or None) that `--resume PATH` names."""
+    if path.is_dir() and path.suffix != ".pt":
+        checkpoint = path / "checkpoints" / "last.pt"
+        if checkpoint.is_dir():
+            raise _ckpt_folder(checkpoint)
+        if not checkpoint.is_file():
+            inside = path.name == "checkpoints" and (path / "last.pt").is_file()
+            raise UserError("nothing to resume in this folder", where=f"--resume {path}",
+                            expected="a run directory with checkpoints/last.pt",
+                            found="no checkpoints/last.pt" if (path / "metrics.json").exists()
+                            else "not a run directory",
+                            hint=f"resume the run directory: --resume {path.parent}" if inside
+                            else None)
+        return checkpoint, path
+    if path.is_dir():
+        raise _ckpt_folder(path)
+    if path.is_file():
+        parent = path.parent
+        in_run = parent.name == "checkpoints" and (parent.parent / "config.toml").exists()
+        return path, parent.parent if in_run else None
+    raise UserError("resume path not found", where=f"--resume {path}",
+                    expected="a run directory or a checkpoint file", found="no such path")
+
+
+def _ckpt_folder(path: Path) -> UserError:
+    return UserError("the checkpoint is a folder, not a file", where=str(path),
+                     expected="a checkpoint file written by the engine", found="a folder")
+
+
+def check_run_dir(run_dir: Path, checkpoint: Path, data: dict, base: dict) -> None:
+    """What a resume in place needs of the run directory, checked before anything is written:
+    the newest checkpoint, a whole config.toml and metrics.json, folders it can write."""
+    _check_newest(run_dir, checkpoint, data)
+    _check_config_whole(run_dir / "config.toml", base, data.get("config"))
+    _check_metrics(run_dir / "metrics.json")
+    _check_writable(run_dir)
+
+
+def _progress(data: dict) -> tuple[int, int]:
+    loop = data.get("loop") or {}
+    return int(loop.get("epoch", 0)), int(loop.get("step", 0))
+
+
+def _check_newest(run_dir: Path, checkpoint: Path, data: dict) -> None:
+    """best.pt or an epoch file older than last.pt, resumed in place, would overwrite what the
+    run did after it (last.pt, its history): refused. A last.pt that cannot be read does not
+    stop it: resuming an older checkpoint is then how the run is recovered."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if checkpoint.resolve() == last.resolve() or not last.is_file():
+        return
+    try:
+        newest = _progress(ckpt.load(last))
+    except UserError:
+        return
+    if newest > _progress(data):
+        epoch, step = _progress(data)
+        raise UserError(
+            "the checkpoint is older than the run's last.pt: resumed in place it would "
+            "overwrite what the run did after it", where=f"--resume {checkpoint}",
+            expected=f"the run's newest checkpoint ({last}, epoch {newest[0]}, step "
+                     f"{newest[1]}), or a copy of this one outside the run directory",
+            found=f"epoch {epoch}, step {step}",
+            hint=f"to branch a new run from it: cp {checkpoint} elsewhere.pt and --resume "
+                 f"elsewhere.pt (a new run directory, from the config it holds)")
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(cfg_dict: dict, stored: dict, ignore: tuple = ()) -> list[str]:
+    """Dotted keys whose value in `cfg_dict` differs from the checkpoint's stored config."""
+    now, then = _flat(cfg_dict), _flat(stored)
+    return [k for k in now if k not in ignore and k in then and now[k] != then[k]]
+
+
+def _check_config_whole(path: Path, base: dict, stored: object) -> None:
+    """The engine writes every setting to config.toml; one the checkpoint holds but the file
+    lacks means a torn or emptied file, and the resume would take the recipe's default for it
+    in silence."""
+    if not isinstance(stored, dict):
+        return
+    have = _flat(base)
+    missing = {k: v for k, v in _flat(stored).items() if k not in have}
+    if not missing:
+        return
+    shown = ", ".join(f"{k} = {v!r}" for k, v in list(missing.items())[:4])
+    raise UserError("the run's config.toml lacks settings the run was trained with",
+                    where=str(path), expected="every setting of the config the checkpoint "
+                    "holds", found=f"{len(missing)} missing: {', '.join(list(missing)[:6])}"
+                    + (", ..." if len(missing) > 6 else ""),
+                    hint=f"config.toml looks torn or emptied: put the settings back "
+                         f"({shown}{', ...' if len(missing) > 4 else ''}; the checkpoint "
+                         f"holds them all) and resume again")
+
+
+def _check_metrics(path: Path) -> None:
+    """A resume keeps metrics.json's own entries (a study block, baselines): a torn file would
+    end the resume with a traceback, or lose them."""
+    if not path.exists():
+        return   # rebuilt from the checkpoint's history
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        found = None if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+    except OSError as exc:
+        found = exc.strerror or str(exc)
+    except UnicodeDecodeError as exc:
+        found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, not UTF-8"
+    except json.JSONDecodeError as exc:
+        found = f"not JSON: {exc}"
+    if found is not None:
+        raise UserError("the run's metrics.json cannot be read", where=str(path),
+                        expected="a JSON object (the run's metrics, rewritten after every "
+                                 "validation)", found=found,
+                        hint="the checkpoint holds the history: move metrics.json aside "
+                             "(keep any entries of your own in it) and resume again")
+
+
+def _check_writable(run_dir: Path) -> None:
+    """A resume rewrites last.pt, metrics.json and config.toml and appends to train.log: a
+    folder it cannot write would fail the run after training an epoch."""
+    for path in (run_dir, run_dir / "checkpoints", run_dir / "train.log"):
+        if path.exists() and not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise UserError("the run directory cannot be written", where=str(path),
+                            expected="a run directory this user can write (a resume "
+                                     "continues in it)", found="not writable by this user",
+                            hint="copy the run directory somewhere writable and resume the "
+                                 "copy")
