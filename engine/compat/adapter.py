@@ -69,6 +69,7 @@ class BaseTrainer:
     # --- the run ------------------------------------------------------------------------------
     def train(self) -> dict:
         """Run `fit` in this trainer's run directory (a second call: a new one); the history."""
+        _refuse_loop_overrides(type(self))
         if self._result is not None:
             self._run_dir = None
         try:
@@ -213,6 +214,26 @@ class BaseTrainer:
         if self._built is None:
             self._built = _build(self.recipe, self.cfg, self.name)
         return self._built
+
+
+# the hooks the old train() called: fit runs the loop and calls none of them, so a subclass's
+# own version would be skipped without a word
+_LOOP_HOOKS = ("compute_loss", "_forward_batch", "validate", "check_early_stopping",
+               "save_checkpoint", "save_model", "save_metrics", "save_metrics_to_file",
+               "plot_metrics", "init_progress_bar", "update_progress_bar",
+               "get_model_save_path", "get_run_file_path")
+
+
+def _refuse_loop_overrides(cls: type) -> None:
+    overridden = [h for h in _LOOP_HOOKS if getattr(cls, h) is not getattr(BaseTrainer, h)]
+    if overridden:
+        raise UserError(f"{cls.__qualname__} overrides hooks that BaseTrainer.train() does not "
+                        "call", where=f"{cls.__module__}.{cls.__qualname__}",
+                        expected="a subclass that overrides none of " + ", ".join(_LOOP_HOOKS),
+                        found="overrides " + ", ".join(overridden),
+                        hint="train() runs engine.fit: put the loss in the recipe's "
+                             "forward_batch and extra files in a callback, or register the "
+                             "old trainer with engine.compat.migrate.recipe_from_trainer")
 
 
 def _build(recipe: Any, cfg: Any, name: str) -> Run:

@@ -38,7 +38,7 @@ from engine.compat.old_config import (
     snake,
     spec_of,
 )
-from engine.core.errors import UserError, describe_value
+from engine.core.errors import UserError, close_match, describe_value
 from engine.core.recipe import Loaders, Recipe, StepOutput
 from engine.core.schedules import Schedule
 
@@ -75,6 +75,7 @@ def recipe_from_trainer(obj: Any, *, name: str | None = None, config: type | Non
 
     def build_model(cfg: Any) -> torch.nn.Module:
         trainer = build(cfg)
+        _model_of(trainer, label)
         pending[id(cfg)] = trainer
         _remember(by_model, trainer.model, trainer, live)
         return trainer.model
@@ -125,13 +126,33 @@ def _optimizer_of(trainer: Any, label: str) -> torch.optim.Optimizer:
     return trainer.optimizer
 
 
+def _model_of(trainer: Any, label: str) -> torch.nn.Module:
+    if not isinstance(trainer.model, torch.nn.Module):
+        raise UserError(f"{label}.model is not a torch module", where=label,
+                        expected="a torch.nn.Module", found=describe_value(trainer.model))
+    return trainer.model
+
+
+_INTERVALS = ("step", "epoch", "validation")
+
+
 def _schedule_of(trainer: Any, optimizer: torch.optim.Optimizer) -> Schedule:
-    scheduler = trainer.scheduler
+    scheduler, label = trainer.scheduler, type(trainer).__qualname__
     if scheduler is None:   # a factory's trainer may have none: a rate that never changes
         return Schedule(torch.optim.lr_scheduler.ConstantLR(optimizer, 1.0, 0), "epoch")
+    # checked here: the loop would only fail at its first scheduler step, as an engine error
+    if not callable(getattr(scheduler, "step", None)):
+        raise UserError(f"{label}.scheduler is not a learning-rate scheduler", where=label,
+                        expected="a torch.optim.lr_scheduler object, or None",
+                        found=describe_value(scheduler))
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    return Schedule(scheduler, getattr(trainer, "scheduler_interval",
-                                       "validation" if plateau else "epoch"))
+    interval = getattr(trainer, "scheduler_interval", "validation" if plateau else "epoch")
+    if interval not in _INTERVALS:
+        raise UserError(f"{label}.scheduler_interval is not an interval", where=label,
+                        expected="one of " + ", ".join(_INTERVALS), found=repr(interval),
+                        hint=close_match(interval, _INTERVALS) if isinstance(interval, str)
+                        else None)
+    return Schedule(scheduler, interval)
 
 
 def _one_process(ctx: Any, label: str) -> None:
@@ -198,10 +219,21 @@ def _trainer_of(by_model: Any, model: torch.nn.Module, label: str, live: Any) ->
 
 
 def _as_output(out: Any) -> Any:
-    """A loss tensor, or a dict {"loss": ..., other scalar tensors} as a StepOutput."""
+    """A loss tensor, or a dict {"loss": ..., other scalars} as a StepOutput. Old hooks often
+    gave a metric as a number (`mae.item()`): it is kept, as a tensor; other values (a batch
+    of predictions, a string) are no metric and are left out."""
     if isinstance(out, typing.Mapping) and "loss" in out:
-        return StepOutput(out["loss"], {k: v for k, v in out.items() if k != "loss"
-                                        and isinstance(v, torch.Tensor) and v.dim() == 0})
+        device = getattr(out["loss"], "device", None)   # the sums stack metrics with the loss
+        metrics = {k: _metric(v, device) for k, v in out.items() if k != "loss"}
+        return StepOutput(out["loss"], {k: v for k, v in metrics.items() if v is not None})
     return out
+
+
+def _metric(value: Any, device: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value if value.dim() == 0 else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), device=device)
+    return None
 
 

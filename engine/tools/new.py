@@ -61,6 +61,7 @@ def check_new(name: str, kind: str, registry: Path) -> None:
             "(ASCII letters, digits and _, not starting with a digit or __, not a keyword)",
             found=repr(name), hint="e.g. " + (_as_identifier(name) or "my_recipe")))
         raise_all(errors)
+    _check_places(registry)
     entries = read_registry(registry) if registry.exists() else {}
     if name in entries:
         errors.append(UserError(
@@ -76,6 +77,22 @@ def check_new(name: str, kind: str, registry: Path) -> None:
                 found="an existing " + ("folder" if existing.is_dir() else "file"),
                 hint="pick another name; engine new never overwrites a file"))
     raise_all(errors)
+
+
+def _check_places(registry: Path) -> None:
+    """The registry's folder must exist (`new` makes recipes.toml, never folders above it), and
+    `recipes` in it must be a folder or nothing."""
+    folder = registry.parent
+    if not folder.is_dir():
+        raise UserError("the folder of recipes.toml does not exist", where=str(registry),
+                        expected="an existing folder to write recipes.toml and recipes/ in",
+                        found=f"no folder {folder}",
+                        hint="make the folder first, or point --recipes at another file")
+    recipes = folder / "recipes"
+    if recipes.exists() and not recipes.is_dir():
+        raise UserError("'recipes' beside recipes.toml is not a folder", where=str(recipes),
+                        expected="a folder (the recipes package) or nothing",
+                        found="a file", hint="rename that file; engine new never overwrites one")
 
 
 def _as_identifier(name: str) -> str:
@@ -155,7 +172,7 @@ def write_rendered(name: str, modules: dict[str, str], section: str, registry: P
         renamed = True
         # last: the registry names the recipe only once its folder is whole
         _append(registry, old, new[len(old):])
-    except BaseException:
+    except BaseException as exc:
         if made_registry:
             registry.unlink(missing_ok=True)
         if renamed:
@@ -166,8 +183,19 @@ def write_rendered(name: str, modules: dict[str, str], section: str, registry: P
             (parent / "__init__.py").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only if nothing else appeared in it meanwhile
+        if isinstance(exc, OSError):
+            raise _write_error(exc, registry) from exc
         raise
     return target
+
+
+def _write_error(exc: OSError, registry: Path) -> UserError:
+    """A file that could not be written (read-only, disk full): said once, everything undone."""
+    return UserError("engine new could not write the recipe; nothing was changed",
+                     where=str(exc.filename or registry), expected="a writable folder and "
+                     "recipes.toml, with room on the disk",
+                     found=f"{type(exc).__name__}: {exc.strerror or exc}",
+                     hint="fix the permissions or free space, then run the command again")
 
 
 def cli(name: str, kind: str, registry: Path) -> int:

@@ -29,7 +29,7 @@ from engine.core.building import first_line
 from engine.core.errors import UserError, UserErrors, close_match, raise_all
 from engine.core.preflight import describe
 from engine.io.layering import parse_set, tomllib
-from engine.tools import check, infer, sizes, wire
+from engine.tools import check, infer, scaffold_checks, sizes, wire
 from engine.tools import new as scaffold
 from engine.tools.check_steps import OVERFIT_MARGIN
 from engine.tools.new import _shown
@@ -89,6 +89,7 @@ def make_plan(name: str, model_spec: str, dataset_spec: str, kind: str | None,
     raise_all(errors)
     model_cls, dataset_cls = classes
     by_table = _sets_by_table(sets)
+    scaffold_checks.set_keys(by_table, model_cls, dataset_cls)
     data = infer.plan_data(dataset_cls, by_table["data"])
     wire.sample_fields(data.sample, f"--dataset {dataset_spec}: dataset[0]")   # its structure
     n = min(2, len(data.train_set))
@@ -110,6 +111,7 @@ def make_plan(name: str, model_spec: str, dataset_spec: str, kind: str | None,
 
     values, notes, req, kept = sizes.model_values(model_cls, fields, wiring, data.train_set,
                                                   by_table["model"], accepts)
+    scaffold_checks.sizes_matter(model_cls, values, notes, fields, accepts)
     model = infer._call(f"{model_cls.__name__}(...)", where, model_cls, **values)
     out = _forward(model, wiring.inputs, batch_fields, len(required), where)
     task = infer.infer_task(out, fields, wiring, batch_fields)
@@ -170,10 +172,14 @@ def _flat(errors: list, registry: str) -> list[UserError]:
     (name, entry), = tables.items()
     package = entry["recipe"].partition(":")[0]
     flat = [e for err in errors for e in (err.errors if isinstance(err, UserErrors) else [err])]
+    # the staging copy's names mean nothing to the user: say what they stand for
+    staged_file = str(Path(registry))
     for error in flat:
         for label in ("what", "where", "expected", "found", "hint"):
             value = getattr(error, label)
             if isinstance(value, str):
+                value = value.replace(staged_file, "the recipes.toml section engine new "
+                                      "would write (from --set and what it inferred)")
                 setattr(error, label, value.replace(package, f"recipes.{name}"))
     return flat
 
@@ -226,6 +232,7 @@ def cli(name: str, model_spec: str, dataset_spec: str, kind: str | None,
         raise UserError(f"unknown kind '{kind}'", where="--kind", expected="one of "
                         + ", ".join(kinds), found=kind, hint=close_match(kind, kinds))
     scaffold.check_new(name, kind if kind in scaffold.KINDS else scaffold.KINDS[0], registry)
+    scaffold_checks.given_rate(sets)
     root = str(registry.resolve().parent)   # the user's modules, as `run` will import them
     if root not in sys.path:
         sys.path.insert(0, root)

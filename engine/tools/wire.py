@@ -54,7 +54,7 @@ class Fields:
     record_type: Any = None
 
     def get(self, name: str) -> Any:
-        """The field named `key`, or None."""
+        """The field named `name`."""
         return self.values[self.names.index(name)]
 
     def expr(self, name: str) -> str:
@@ -87,7 +87,7 @@ def load_class(spec: str, flag: str, base: type, what: str) -> type:
     may also be any class with __getitem__ and __len__)."""
     where = f"{flag} {spec}"
     module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
+    if not (sep and module_name and attr):
         raise UserError(f"{flag} needs MODULE:CLASS", where=where, expected=f"e.g. {flag} "
                         f"my_{'model' if base is torch.nn.Module else 'data'}:MyClass",
                         found=repr(spec), hint="name the class after a colon")
@@ -119,6 +119,9 @@ def load_class(spec: str, flag: str, base: type, what: str) -> type:
     if not inspect.isclass(cls) or not is_dataset:
         raise UserError(f"'{spec}' is not {what}", where=where, expected=what,
                         found=repr(cls)[:100])
+    if base is torch.nn.Module and cls.forward is torch.nn.Module.forward:   # torch says less
+        raise UserError(f"'{spec}' has no forward method", where=where, expected="a forward"
+                        "(self, ...) method", found=f"{cls.__name__} defines none, nor its bases")
     return cls
 
 
@@ -202,8 +205,7 @@ def first_of(batch: Fields) -> Fields:
     return attrs.evolve(batch, values=values)
 
 
-def shown_fields(fields: Fields) -> str:
-    """The batch's fields for a message."""
+def shown_fields(fields: Fields) -> str:   # the batch's fields for a message
     return ", ".join(f"{fields.shown(n)}: {describe(fields.get(n))}" for n in fields.names)
 
 

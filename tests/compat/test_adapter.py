@@ -219,3 +219,34 @@ def test_from_registry_refuses_bad_overrides(registry, overrides, message):
     if "epocs" in message:
         assert err.value.hint == "did you mean 'epochs'?"
         assert "from_registry overrides" in err.value.where
+
+
+def test_a_subclass_overriding_a_loop_hook_is_refused_not_ignored(tmp_path):
+    """train() runs fit, which calls no hook of the subclass: an overridden compute_loss would
+    be skipped without a word, so train() refuses it, naming the hooks, and writes nothing."""
+
+    class MyTrainer(BaseTrainer):
+        def compute_loss(self, batch):
+            return torch.tensor(0.0, requires_grad=True)
+
+        def plot_metrics(self):
+            return None
+
+    trainer = MyTrainer(ot.native_tuple, ot.native_cfg(epochs=1), run_dir=tmp_path / "run")
+    with pytest.raises(UserError) as err:
+        trainer.train()
+    assert "MyTrainer overrides hooks that BaseTrainer.train() does not call" in err.value.what
+    assert err.value.found == "overrides compute_loss, plot_metrics"
+    assert "recipe_from_trainer" in err.value.hint
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_subclass_with_its_own_train_keeps_its_hooks(tmp_path):
+    """A subclass that adds methods, or writes its own train() over the hooks, is left alone."""
+
+    class Extra(BaseTrainer):
+        def summary(self) -> str:
+            return self.name
+
+    history = Extra(ot.native_tuple, ot.native_cfg(epochs=1), run_dir=tmp_path / "run").train()
+    assert len(history["epoch"]) == 1

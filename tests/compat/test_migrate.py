@@ -295,3 +295,76 @@ def test_a_factory_function_is_called_with_the_old_config_for_each_run():
     with pytest.raises(UserError, match="has no config and no model") as err:
         fit(broken, broken.config())
     assert err.value.what.endswith("no compute_loss(batch) or _forward_batch(batch)")
+
+
+# --- old trainers whose attributes or hook results have the wrong type ------------------------
+
+class _StringModel(ot.RegressionTrainer):
+    def __init__(self, config: ot.RegressionConfig) -> None:
+        super().__init__(config)
+        self.model = "net"
+
+
+class _StringScheduler(ot.RegressionTrainer):
+    def __init__(self, config: ot.RegressionConfig) -> None:
+        super().__init__(config)
+        self.scheduler = "plateau"
+
+
+class _BadInterval(ot.RegressionTrainer):
+    scheduler_interval = "epochs"
+
+
+@pytest.mark.parametrize("cls, what, hint", [
+    (_StringModel, "_StringModel.model is not a torch module", None),
+    (_StringScheduler, "_StringScheduler.scheduler is not a learning-rate scheduler", None),
+    (_BadInterval, "_BadInterval.scheduler_interval is not an interval", "did you mean 'epoch'?"),
+])
+def test_wrong_types_of_a_trainers_attributes_are_named(cls, what, hint):
+    """A model that is no module, a scheduler that is no scheduler, an unknown interval: a
+    UserError naming the trainer's attribute, before training (a string scheduler used to end
+    the run as an engine failure at its first step)."""
+    recipe = recipe_from_trainer(cls)
+    with pytest.raises(UserError) as err:
+        fit(recipe, recipe.config())
+    assert what in err.value.what
+    assert err.value.hint == hint
+
+
+def test_cli_exit_2_for_a_scheduler_that_is_no_scheduler(tmp_path, capsys, monkeypatch):
+    """Through the CLI: exit 2 with the message (it was exit 1, blaming the engine), no
+    traceback, no run files."""
+    from engine.cli import main
+    (tmp_path / "string_sched.py").write_text(
+        "from old_trainers import RegressionConfig, RegressionTrainer\n"
+        "from engine.compat.migrate import recipe_from_trainer\n"
+        "class StringScheduler(RegressionTrainer):\n"
+        "    def __init__(self, config: RegressionConfig) -> None:\n"
+        "        super().__init__(config)\n"
+        "        self.scheduler = 'plateau'\n"
+        "recipe = recipe_from_trainer(StringScheduler)\n")
+    (tmp_path / "recipes.toml").write_text('[old]\nrecipe = "string_sched:recipe"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = main(["run", "old", "--recipes", "recipes.toml", "--output-dir", "out"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "StringScheduler.scheduler is not a learning-rate scheduler" in err
+    assert "found: str 'plateau'" in err and "Traceback" not in err
+    assert not list((tmp_path / "out").rglob("metrics.json"))
+
+
+class _NumberMetric(ot.DictTrainer):
+    def _forward_batch(self, batch: dict):
+        out = super()._forward_batch(batch)
+        return {**out, "mae": out["mae"].item(), "outputs": self.model(batch["inputs"])}
+
+
+def test_a_metric_given_as_a_number_is_kept_and_a_tensor_batch_left_out():
+    """`{"loss": ..., "mae": mae.item()}` (the old way): val_mae is in the history, as with a
+    tensor (it used to vanish without a word); a non-scalar tensor is no metric."""
+    recipe = recipe_from_trainer(_NumberMetric)
+    result = fit(recipe, recipe.config())
+    reference = fit(ot.old_dict_recipe, ot.old_dict_recipe.config())
+    assert result.history["val_mae"] == pytest.approx(reference.history["val_mae"])
+    assert "val_outputs" not in result.history

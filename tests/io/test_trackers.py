@@ -264,3 +264,45 @@ def test_only_rank_0_tracks(tmp_path):
     run = SimpleNamespace(rank=0, run_dir=tmp_path, cfg=cfg)
     assert [t.name for t in trackers_for(run)] == ["csv", "tensorboard"]
     assert trackers_for(SimpleNamespace(rank=1, run_dir=tmp_path, cfg=cfg)) == ()
+
+
+@pytest.mark.parametrize("where", ["a folder", "not a database"])
+def test_a_tracking_uri_that_is_no_database_file_warns_once_within_seconds(tmp_path, where):
+    """sqlite:/// naming a folder, or a file of the user's that is not a database: one warning
+    naming it, the run completes, the file is untouched, and MLflow's own retries of the
+    database (about 100 s) are not waited out."""
+    target = tmp_path / "store"
+    if where == "a folder":
+        target.mkdir()
+    else:
+        target.write_bytes(b"my notes, not a database\n")
+    before = None if target.is_dir() else target.read_bytes()
+    recipe, cfg = autoencoder(tmp_path, 'train.loggers=["mlflow","csv"]', "train.epochs=1",
+                              f'train.mlflow_uri="sqlite:///{target}"')
+    started = time.monotonic()
+    result = fit(recipe, cfg, run_dir=tmp_path / "run")
+    seconds = time.monotonic() - started
+    assert result.status == "completed"
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert log.count("tracker mlflow is off") == 1 and "Traceback" not in log
+    if where == "a folder":
+        assert f"sqlite:///{target} names a folder, not a database file" in log
+    else:
+        assert target.read_bytes() == before
+    assert (tmp_path / "run" / "metrics.csv").exists()
+    assert seconds < 40
+
+
+def test_a_sqlite_store_in_a_folder_not_made_yet_is_made_and_recorded(tmp_path):
+    """sqlite:/// in folders that do not exist yet: made, as MLflow itself makes them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'deep' / 'er' / 'mlflow.db'}"
+    recipe, cfg = autoencoder(tmp_path, 'train.loggers=["mlflow"]', "train.epochs=1",
+                              f'train.mlflow_uri="{uri}"')
+    result = fit(recipe, cfg, run_dir=tmp_path / "run")
+    assert result.status == "completed"
+    assert "tracker mlflow is off" not in (tmp_path / "run" / "train.log").read_text()
+    run_id = json.loads((tmp_path / "run" / "metrics.json").read_text())["mlflow"]["run_id"]
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).data.tags["engine.status"] == \
+        "completed"

@@ -222,6 +222,23 @@ MODULES = {
 
             def forward(self, image, text):
                 return self.image_proj(image)
+
+
+        class IgnoresBackbone(nn.Module):
+            """Parameters the model never reads: forward runs with any value of them."""
+
+            def __init__(self, backbone, cfg):
+                super().__init__()
+                self.head = nn.Linear(12, 3)
+
+            def forward(self, image):
+                return self.head(image)
+
+
+        class NoForward(nn.Module):
+            def __init__(self, image_dim: int = 12):
+                super().__init__()
+                self.head = nn.Linear(image_dim, 3)
         ''',
     "broken_code.py": "raise RuntimeError('this module does not import')\n",
 }
@@ -395,6 +412,10 @@ def in_process(project: Path, *args: str) -> tuple[int, str, str]:
     ("reg_code:NotAModel", "fusion_data:FusionDataset", "is not a torch.nn.Module subclass"),
     ("fusion_model:FeatureFusionModel", "reg_code:Regressor", "is not a Dataset"),
     ("fusion_model:FeatureFusionModel", "pairs_data:Pairs", "cannot tell which batch field"),
+    ("odd_models:NoForward", "fusion_data:FusionDataset", "'odd_models:NoForward' has no forward"),
+    # a single input dimension that forward runs with whatever the value: no guess is made
+    ("odd_models:IgnoresBackbone", "fusion_data:FusionDataset",
+     "cannot read IgnoresBackbone's 'backbone' from the data"),
 ])
 def test_bad_specs_are_user_errors_and_write_nothing(project: Path, model: str, dataset: str,
                                                      what: str):
@@ -403,6 +424,33 @@ def test_bad_specs_are_user_errors_and_write_nothing(project: Path, model: str, 
     before = tree(project)
     code, out, err = in_process(project, "new", "bad", "--model", model, "--dataset", dataset)
     assert code == 2 and what in err, err
+    assert tree(project) == before
+
+
+@pytest.mark.parametrize("sets, what, where", [
+    # keys the recipe would drop without a word
+    (["model.nope=3"], "FeatureFusionModel takes no parameter 'nope'", "--set model.nope=3"),
+    (["data.sise=3"], "FusionDataset takes no parameter 'sise'", "--set data.sise=3"),
+    (["data.val_fraction=2"], "data.val_fraction must be a number between 0 and 1",
+     "--set data.val_fraction=2"),
+    (["train.learning_rate=abc"], "train.learning_rate must be a positive number",
+     "--set train.learning_rate=abc"),
+    # found by the staged recipe's config: named as what new would write, not the staging file
+    (["train.epocs=3"], "unknown config key 'train.epocs'",
+     "the recipes.toml section engine new would write"),
+])
+def test_bad_set_values_are_refused_naming_the_flag(project: Path, sets: list[str], what: str,
+                                                    where: str):
+    """--set that would be dropped, is out of range or is no number: exit 2, one message
+    naming the flag, no traceback, nothing written."""
+    before = tree(project)
+    flags = [arg for s in sets for arg in ("--set", s)]
+    code, out, err = in_process(project, "new", "bad", "--model",
+                                "fusion_model:FeatureFusionModel", "--dataset",
+                                "fusion_data:FusionDataset", *flags)
+    assert code == 2, out + err
+    assert what in err and f"where: {where}" in err, err
+    assert "Traceback" not in err and "engine-new-" not in err
     assert tree(project) == before
 
 

@@ -224,8 +224,9 @@ def test_a_failure_while_appending_leaves_nothing_behind(tmp_path: Path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken)  # after the section was written to the file
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(scaffold.UserError, match="could not write") as refused:
         scaffold.cli("fresh", "ranking", registry)
+    assert "disk full" in refused.value.found
     assert tree(tmp_path) == before
     monkeypatch.undo()
     assert scaffold.cli("fresh", "ranking", registry) == 0
@@ -274,3 +275,52 @@ def test_templates_match_their_config_classes_and_stay_lint_clean_for_long_names
             assert tables[table] == defaults[table], (kind, table)
     lint = ruff(*folders, config=MAIN / "pyproject.toml")
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _refused(monkeypatch, capsys, cwd: Path, *args: str) -> str:
+    """`engine ARGS` in this process from `cwd`: asserts exit 2 and one error, no traceback."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.delenv("ENGINE_RECIPES", raising=False)
+    assert engine_cli.main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_new_refuses_a_registry_in_a_folder_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    """--recipes naming a file in a missing folder: exit 2 naming it, no folder made."""
+    err = _refused(monkeypatch, capsys, tmp_path, "--recipes", str(tmp_path / "no" / "r.toml"),
+                   "new", "fresh", "--kind", "cnn")
+    assert "the folder of recipes.toml does not exist" in err and str(tmp_path / "no") in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_refuses_a_recipes_file_where_the_folder_goes(tmp_path, monkeypatch, capsys):
+    """A file named `recipes` beside recipes.toml: exit 2 naming it, both files unchanged."""
+    (tmp_path / "recipes.toml").write_bytes(b'[old]\nrecipe = "x:y"\n')
+    (tmp_path / "recipes").write_bytes(b"notes of mine\n")
+    before = tree(tmp_path)
+    err = _refused(monkeypatch, capsys, tmp_path, "new", "fresh", "--kind", "cnn")
+    assert "'recipes' beside recipes.toml is not a folder" in err
+    assert f"where: {tmp_path / 'recipes'}" in err or "where: recipes" in err
+    assert tree(tmp_path) == before
+
+
+def test_a_read_only_registry_is_refused_and_left_whole(tmp_path, monkeypatch, capsys):
+    """recipes.toml that cannot be opened for appending (read-only; root ignores chmod, so
+    the refusal is simulated): exit 2 naming the file, its bytes and the folder unchanged."""
+    registry = tmp_path / "recipes.toml"
+    registry.write_bytes(b'[old]\nrecipe = "x:y"\n')
+    before = tree(tmp_path)
+    real_open = open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if Path(file) == registry and "a" in mode:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    err = _refused(monkeypatch, capsys, tmp_path, "new", "fresh", "--kind", "cnn")
+    assert "could not write the recipe; nothing was changed" in err
+    assert "recipes.toml" in err and "PermissionError: Permission denied" in err
+    assert tree(tmp_path) == before

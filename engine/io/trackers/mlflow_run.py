@@ -36,6 +36,9 @@ _FINAL = {"completed": "FINISHED", "early_stopped": "FINISHED", "interrupted": "
 _BUSY = ("already exists", "unique constraint", "database schema has")
 _BUSY_SECONDS = 5.0
 _FIRST_OPEN_SECONDS = 60.0   # another process making the tables (once per database)
+# MLflow retries opening a database 10 times with a growing pause (about 100 s in all) for a
+# server that is down or a file that cannot be opened: two tries keep that to a second
+_DB_OPEN_TRIES = 2
 
 
 def tracking_uri(train: Any) -> str:
@@ -62,7 +65,32 @@ def make(run: Any) -> MlflowRun:
     # ERROR with its traceback; the tracker's one warning says it instead
     logging.getLogger("mlflow").setLevel(logging.CRITICAL)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    _bound_database_retries()
     return MlflowRun(MlflowClient, tracking_uri(run.cfg.train))
+
+
+def _bound_database_retries() -> None:
+    try:
+        from mlflow.store.db import utils  # deferred: start-up time
+    except ImportError:   # a build without the SQL stores: nothing to bound
+        return
+    if getattr(utils, "MAX_RETRY_COUNT", 0) > _DB_OPEN_TRIES:
+        utils.MAX_RETRY_COUNT = _DB_OPEN_TRIES
+
+
+def _sqlite_file(uri: str) -> Path:
+    """The database file of a `sqlite:///` URI, its folder made (as MLflow itself makes it);
+    a folder where the file should be is refused at once, not after MLflow's retries."""
+    db = Path(uri[len("sqlite:///"):])
+    if db.is_dir():
+        raise IsADirectoryError(f"train.mlflow_uri {uri} names a folder, not a database file "
+                                f"(e.g. sqlite:///{db / 'mlflow.db'})")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"train.mlflow_uri {uri}: cannot make its folder {db.parent}: "
+                      f"{exc.strerror or exc}") from exc
+    return db
 
 
 def _patiently(call: Any, *args: Any, **kwargs: Any) -> Any:
@@ -87,7 +115,7 @@ def _open_client(client_class: Any, uri: str) -> Any:
     beside the database lets them take turns."""
     if not uri.startswith("sqlite:///"):
         return client_class(tracking_uri=uri)
-    db = Path(uri[len("sqlite:///"):])
+    db = _sqlite_file(uri)
     deadline = time.monotonic() + _FIRST_OPEN_SECONDS
     with open(db.parent / f"{db.name}.lock", "a") as lock:
         while True:
