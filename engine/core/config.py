@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,6 +219,17 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
     return errors
 
 
+
+
+def flatten(table: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys: `{"train": {"epochs": 3}}` -> `{"train.epochs": 3}`."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict:

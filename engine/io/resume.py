@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from engine.core.config import flatten
 from engine.core.errors import UserError
 from engine.io import checkpoint as ckpt
 from engine.io.checkpoint_checks import check_entries
@@ -172,19 +173,9 @@ def _check_newest(run_dir: Path, checkpoint: Path, data: dict) -> None:
                  f"elsewhere.pt (a new run directory, from the config it holds)")
 
 
-def _flat(table: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def changed_keys(cfg_dict: dict, stored: dict, ignore: tuple = ()) -> list[str]:
     """Dotted keys whose value in `cfg_dict` differs from the checkpoint's stored config."""
-    now, then = _flat(cfg_dict), _flat(stored)
+    now, then = flatten(cfg_dict), flatten(stored)
     return [k for k in now if k not in ignore and k in then and now[k] != then[k]]
 
 
@@ -194,8 +185,8 @@ def _check_config_whole(path: Path, base: dict, stored: object) -> None:
     in silence."""
     if not isinstance(stored, dict):
         return
-    have = _flat(base)
-    missing = {k: v for k, v in _flat(stored).items() if k not in have}
+    have = flatten(base)
+    missing = {k: v for k, v in flatten(stored).items() if k not in have}
     if not missing:
         return
     shown = ", ".join(f"{k} = {v!r}" for k, v in list(missing.items())[:4])

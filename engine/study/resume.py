@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.core.config import to_dict
+from engine.core.config import flatten, to_dict
 from engine.core.errors import UserError, UserErrors, raise_all
 from engine.io.registry import resolve
 from engine.study import claims
@@ -119,21 +119,14 @@ def check_same(args: Any, spec: StudySpec, study_dir: Path, sets: list) -> None:
     raise_all(errors)
 
 
-def _flat(value: Any, prefix: str = "") -> dict:
-    if isinstance(value, dict) and value:
-        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.")
-                .items()}
-    return {prefix.rstrip("."): value}
-
-
 def _differing(stored: dict, given: dict) -> list[str]:
     """The dotted keys at which two tables differ."""
-    a, b = _flat(stored), _flat(given)
+    a, b = flatten(stored), flatten(given)
     return sorted(k for k in a.keys() | b.keys() if a.get(k, _NONE) != b.get(k, _NONE))
 
 
 def _at(table: dict, keys: list[str]) -> str:
-    flat = _flat(table)
+    flat = flatten(table)
     return _show({k: flat.get(k, "(not set)") for k in keys[:5]})
 
 

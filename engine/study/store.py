@@ -47,6 +47,12 @@ def open_storage(url: str, study_dir: Path | None) -> Any:
 
 def open_study_storage(spec: StudySpec, study_dir: Path) -> Any:
     """The storage of an existing study, or a UserError naming it."""
+    journal = study_dir / "optuna.journal"
+    if spec.storage == "journal" and not journal.is_file():   # Optuna would make an empty one
+        raise UserError("the study's trial journal is missing", where=str(journal),
+                        expected="the optuna.journal sweep made with the study",
+                        found="no such file", hint="restore it from a copy (the runs and "
+                        "their pair records are kept, but the trials live there)")
     try:
         return open_storage(spec.storage, study_dir)
     except Exception as exc:

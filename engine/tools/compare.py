@@ -13,26 +13,14 @@ import datetime as dt
 import io
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.core.config import toml_value
+from engine.core.config import flatten, toml_value
 from engine.core.errors import UserError, raise_all
 from engine.tools.runs import NotARun, load
 
 MISSING = "(default)"
-
-
-def flatten(node: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested tables as `{"train.learning_rate": 0.001, ...}`."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def differences(configs: list[dict]) -> dict[str, list[Any]]:

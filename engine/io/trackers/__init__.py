@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-from engine.core.config import to_dict
+from engine.core.config import flatten, to_dict
 from engine.core.events import Event
 
 LOG = logging.getLogger("engine")
@@ -76,17 +75,7 @@ def flat_config(cfg: Any) -> dict[str, Any]:
     """The config as `{"train.learning_rate": 0.001, ...}` (what MLflow params and TensorBoard
     hparams show); lists as text, None values left out."""
 
-    out: dict[str, Any] = {}
-
-    def walk(node: Mapping, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, Mapping):
-                walk(value, f"{prefix}{key}.")
-            else:
-                out[f"{prefix}{key}"] = value
-
-    walk(to_dict(cfg), "")
-    return out
+    return flatten(to_dict(cfg))
 
 
 def figures(state: Any) -> dict[str, float]:
