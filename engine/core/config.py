@@ -215,10 +215,21 @@ def range_errors(cfg: Any, where: Any = None, prefix: tuple = ()) -> list[UserEr
             kind = "invalid value" if isinstance(value, str) else "config value out of range"
             errors.append(UserError(
                 f"{kind} for '{'.'.join(path)}'", where=where(path),
-                expected=rule or str(exc), found=f"{field.name} = {toml_value(value)}"))
+                expected=rule or _rule_of(exc, field.name, value),
+                found=f"{field.name} = {toml_value(value)}"))
     return errors
 
 
+def _rule_of(exc: Exception, name: str, value: Any) -> str:
+    """A validator's message as the rule alone: attrs says "'hidden_dim' must be >= 1: -1",
+    and the block already names the key and shows the value."""
+    # attrs' in_ raises with the message and the field as args: str(exc) would be their tuple
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = text.removesuffix(f": {value!r}").removesuffix(f" (got {value!r})")
+    text = text.removeprefix(f"'{name}' ")
+    if re.match(r"must be [<>=!]", text):
+        text = text.removeprefix("must be ")
+    return text or type(exc).__name__
 
 
 def flatten(table: Mapping, prefix: str = "") -> dict[str, Any]:

@@ -25,6 +25,18 @@ class Cfg:
     model: ModelTable = attrs.Factory(ModelTable)
 
 
+@attrs.frozen
+class Checked:
+    width: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    kind: str = attrs.field(default="a", validator=attrs.validators.in_(("a", "b")))
+
+
+@attrs.frozen
+class CheckedCfg:
+    train: TrainConfig = attrs.Factory(TrainConfig)
+    model: Checked = attrs.Factory(Checked)
+
+
 def entry(data: dict) -> Layer:
     return Layer(data, "recipes.toml", "demo")
 
@@ -101,6 +113,16 @@ def test_range_errors_are_collected_across_layers():
     assert [(e.what.split("'")[1], e.where) for e in errors] == [
         ("train.epochs", "recipes.toml [demo.train]"),
         ("train.learning_rate", "--set train.learning_rate=-1")]
+
+
+def test_a_recipe_validator_is_said_as_its_rule():
+    """attrs' "'width' must be >= 1: -1" as expected ">= 1"; the value is in found."""
+    with pytest.raises(UserErrors) as info:
+        build_config(CheckedCfg, [parse_set("model.width=-1"), parse_set("model.kind=c")])
+    width, kind = info.value.errors
+    assert (width.expected, width.found) == (">= 1", "width = -1")
+    assert kind.expected.startswith("must be in ") and "'c'" not in kind.expected
+    assert kind.found == 'kind = "c"'
 
 
 def test_python_api_validates_too():
