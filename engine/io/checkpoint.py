@@ -238,12 +238,28 @@ def _restore_optional(run: Run, data: dict, path: str | Path) -> None:
         target.load_state_dict(saved)
 
 
+def _weights_in_model_pt(path: Path) -> dict | None:
+    """best.pt deleted by hand: model.pt, written with every best.pt and before last.pt, holds
+    the same weights; without them a resume that never improves would return (and a recipe
+    evaluate) its last weights as if they were its best."""
+    model_pt = path.parent.parent / "model.pt"
+    if path.name != "last.pt" or path.parent.name != "checkpoints" or not model_pt.is_file():
+        return None   # an older checkpoint's best is not model.pt's
+    try:
+        weights = torch.load(model_pt, map_location="cpu", weights_only=True)
+    except Exception:   # a damaged model.pt: no best weights, as before
+        return None
+    return weights if isinstance(weights, dict) else None
+
+
 def best_weights_beside(path: str | Path, state: LoopState) -> dict | None:
     """A resumed run's best weights so far, from the best.pt beside its checkpoint, so that the
     returned model is the best one even when the resume never improves on it."""
     best = Path(path).with_name("best.pt")
-    if state.best_epoch is None or not best.is_file():
+    if state.best_epoch is None:
         return None
+    if not best.is_file():
+        return _weights_in_model_pt(Path(path))
     data = load(best)
     if (data.get("loop") or {}).get("best_epoch") != state.best_epoch:
         return None

@@ -15,6 +15,7 @@ import shutil
 import signal
 from pathlib import Path
 
+import attrs
 import pytest
 import resume_recipe as rr
 import torch
@@ -249,3 +250,25 @@ def test_a_resume_removes_what_a_killed_write_left_behind(tmp_path):
                  resume=tmp_path / "r" / "checkpoints" / "last.pt")
     assert result.status == "completed"
     assert [p for p in torn if p.exists()] == []
+
+
+def _worse_each_epoch(model, batch, ctx):
+    out = rr.forward_batch(model, batch, ctx)
+    return out if model.training else rr.StepOutput(out.loss + ctx.epoch, out.metrics)
+
+
+def test_a_resume_without_best_pt_returns_model_pt_as_its_best(tmp_path):
+    """best.pt deleted by hand, a resume that never improves: the returned model is the
+    best one (epoch 0's, in model.pt), not the last weights."""
+    recipe = attrs.evolve(rr.recipe, forward_batch=_worse_each_epoch)
+    run = tmp_path / "run"
+    first = fit(recipe, rr.make_cfg("train.epochs=2"), run_dir=run)
+    assert first.best_epoch == 0
+    (run / "checkpoints" / "best.pt").unlink()
+    best = load(run / "model.pt")
+    result = fit(recipe, rr.make_cfg("train.epochs=4"), run_dir=run,
+                 resume=run / "checkpoints" / "last.pt")
+    assert result.status == "completed" and result.best_epoch == 0
+    assert_same(result.model.state_dict(), best, "returned model")
+    assert not torch.equal(load(run / "checkpoints" / "last.pt")["model"]["body.0.weight"],
+                           best["body.0.weight"])
