@@ -16,7 +16,7 @@ import torch
 
 import steps
 from engine.core import distributed, reads
-from engine.core.errors import UserError, UserErrors, describe_value, raise_all
+from engine.core.errors import UserError, UserErrors, describe_value, first_line, raise_all
 from engine.core.recipe import Loaders, Recipe
 from engine.core.schedules import Schedule
 
@@ -89,12 +89,6 @@ def call_recipe(recipe: Recipe, attr: str, *args: Any) -> Any:
                         where=where_in_recipe(recipe, attr) + (f" at {frame}" if frame else ""),
                         expected=f"{attr} to work from the config",
                         found=first_line(exc)) from exc
-
-
-def first_line(exc: BaseException) -> str:
-    """`TypeName: first line of the message` (at most 300 characters)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def user_frame(exc: BaseException) -> str | None:

@@ -64,9 +64,11 @@ def raise_all(errors: Sequence[UserError]) -> None:
         raise UserErrors(errors)
 
 
-def first_line(exc: BaseException, width: int = 300) -> str:
-    """An exception's message cut to its first line (a library's error can span a page)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:width]
+def first_line(exc: BaseException) -> str:
+    """`TypeName: first line of the message` (at most 300 characters): a library's error can
+    span a page."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def close_match(word: str, choices: Iterable[str]) -> str | None:

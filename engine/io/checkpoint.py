@@ -19,7 +19,7 @@ import attrs
 import torch
 
 from engine.core.distributed import check_resume_world
-from engine.core.errors import UserError
+from engine.core.errors import UserError, first_line
 from engine.core.state import EpochTotals, LoopState, Run, loop_state_from_dict
 from engine.io.checkpoint_checks import check_entries, check_fits
 from engine.io.files import atomic_write_bytes
@@ -121,9 +121,7 @@ def _check_torch_file(path: Path) -> None:
 
 def _first_line(exc: Exception) -> str:
     # torch's zip reader appends a paragraph of advice after the first sentence
-    text = str(exc).strip().split(". This is an internal")[0]
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line[:200]
+    return first_line(exc).split(". This is an internal")[0]
 
 
 def _why_unsafe(exc: pickle.UnpicklingError) -> str:

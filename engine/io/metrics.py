@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import UserError
 from engine.core.state import history_lists
 from engine.io.files import atomic_write_bytes
 
@@ -58,12 +59,29 @@ def dumps(data: Mapping[str, Any]) -> str:
 
 
 def read_metrics(run_dir: str | Path) -> dict:
-    """metrics.json of a run as a dict ({} when it does not exist yet)."""
+    """metrics.json of a run as a dict ({} when it does not exist yet). One that cannot be
+    read as a JSON object is a UserError naming it: the engine writes it by rename, so a torn
+    one is damage, and a resume or a study would otherwise lose the entries in it."""
     path = Path(run_dir) / "metrics.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        found = exc.strerror or str(exc)
+    except UnicodeDecodeError as exc:
+        found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, not UTF-8"
+    except json.JSONDecodeError as exc:
+        found = f"not JSON: {exc}"
+    else:
+        if isinstance(data, dict):
+            return data
+        found = f"a JSON {type(data).__name__}"
+    raise UserError("the run's metrics.json cannot be read", where=str(path),
+                    expected="a JSON object (the run's metrics, rewritten after every "
+                             "validation)", found=found,
+                    hint="the checkpoint holds the history: move metrics.json aside (keep any "
+                         "entries of your own in it) and resume again")
 
 
 def write_metrics(run_dir: str | Path, *, recipe: str, run_id: str, status: str,

@@ -7,7 +7,6 @@ stored in the checkpoint).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from engine.core.errors import UserError
 from engine.io import checkpoint as ckpt
 from engine.io.checkpoint_checks import check_entries
 from engine.io.layering import read_toml
+from engine.io.metrics import read_metrics
 
 
 @attrs.frozen
@@ -141,7 +141,7 @@ def check_run_dir(run_dir: Path, checkpoint: Path, data: dict, base: dict) -> No
     the newest checkpoint, a whole config.toml and metrics.json, folders it can write."""
     _check_newest(run_dir, checkpoint, data)
     _check_config_whole(run_dir / "config.toml", base, data.get("config"))
-    _check_metrics(run_dir / "metrics.json")
+    read_metrics(run_dir)   # a torn one: refused before anything is written
     _check_writable(run_dir)
 
 
@@ -197,28 +197,6 @@ def _check_config_whole(path: Path, base: dict, stored: object) -> None:
                     hint=f"config.toml looks torn or emptied: put the settings back "
                          f"({shown}{', ...' if len(missing) > 4 else ''}; the checkpoint "
                          f"holds them all) and resume again")
-
-
-def _check_metrics(path: Path) -> None:
-    """A resume keeps metrics.json's own entries (a study block, baselines): a torn file would
-    end the resume with a traceback, or lose them."""
-    if not path.exists():
-        return   # rebuilt from the checkpoint's history
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        found = None if isinstance(data, dict) else f"a JSON {type(data).__name__}"
-    except OSError as exc:
-        found = exc.strerror or str(exc)
-    except UnicodeDecodeError as exc:
-        found = f"byte 0x{exc.object[exc.start]:02x} at offset {exc.start}, not UTF-8"
-    except json.JSONDecodeError as exc:
-        found = f"not JSON: {exc}"
-    if found is not None:
-        raise UserError("the run's metrics.json cannot be read", where=str(path),
-                        expected="a JSON object (the run's metrics, rewritten after every "
-                                 "validation)", found=found,
-                        hint="the checkpoint holds the history: move metrics.json aside "
-                             "(keep any entries of your own in it) and resume again")
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -35,13 +35,22 @@ def unwritable(output_dir: str | Path, found: str) -> UserError:
 def check_writable(root: str | Path, output_dir: str | Path) -> None:
     """Fail before anything runs when `root` (a folder under `output_dir`) cannot be made or
     written; create nothing (each command makes its own folder once its checks passed)."""
-    existing = Path(root)
+    problem = why_unwritable(root)
+    if problem is not None:
+        raise unwritable(output_dir, problem)
+
+
+def why_unwritable(path: str | Path) -> str | None:
+    """Why `path` (made later, with its missing folders) could not be made: its nearest
+    existing ancestor is a file, or not writable; None when it could."""
+    existing = Path(path)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise unwritable(output_dir, f"{existing} is a file, not a folder")
+        return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise unwritable(output_dir, f"{existing} is not writable by this user")
+        return f"{existing} is not writable by this user"
+    return None
 
 
 def make_run_dir(output_dir: str | Path, recipe: str) -> tuple[Path, str]:

@@ -226,17 +226,16 @@ def storage_errors(storage: str | None, workers: int) -> list[UserError]:
                               "workers fail with 'database is locked' (Optuna's FAQ advises "
                               "against it)")]
         return _sqlite_errors(storage, where)
-    if not storage.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
+    if not storage.startswith(specs.DATABASE_PREFIXES):
         return [UserError("unknown storage", where=where, expected="postgresql://USER@HOST:"
                           "PORT/DB (or sqlite:///FILE for one worker); without --storage a "
                           "journal file in the study directory", found=storage)]
     try:
         open_storage(storage, None)
     except Exception as exc:
-        first = first_line(exc)
         return [UserError("the database cannot be reached", where=where,
                           expected="a PostgreSQL server this user can connect to",
-                          found=first)]
+                          found=first_line(exc))]
     return []
 
 

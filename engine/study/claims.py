@@ -82,23 +82,35 @@ STATES = ("claimed", "done", "interrupted", "pending")
 
 
 def _read_record(path: Path) -> dict:
-    # records are replaced by rename, so a reader never sees half of one; a network file
-    # system may still answer a read during the rename with an error: look again, briefly
+    return read_record(path, _shape_problem, lambda found: UserError(
+        "a study's pair record is damaged", where=str(path),
+        expected='a JSON object {"configuration", "replicate", "state", "run_id", ...} as the '
+                 'engine writes it', found=found,
+        hint="restore it from a backup; or delete it, and that pair runs again in a new run "
+             "directory (the old one is kept)"))
+
+
+def read_record(path: Path, problem_of: Callable[[Path, object], str | None],
+                damaged: Callable[[str], UserError]) -> dict:
+    """A study's JSON record (a pair, a configuration), or `damaged(what is wrong)` raised:
+    records are replaced by rename, so one that is not whole is damage, not a write under way.
+    A network file system may still answer a read during the rename with an error: it is
+    read again, briefly."""
     for attempt in range(3):
         try:
             text = path.read_text(encoding="utf-8")
             break
         except OSError as exc:
             if attempt == 2:
-                raise _damaged(path, f"unreadable ({exc.strerror or exc})") from None
+                raise damaged(f"unreadable ({exc.strerror or exc})") from None
             time.sleep(0.05)
     try:
         record = json.loads(text)
     except ValueError as exc:
-        raise _damaged(path, f"not JSON ({exc})") from None
-    problem = _shape_problem(path, record)
+        raise damaged(f"not JSON ({exc})") from None
+    problem = problem_of(path, record)
     if problem:
-        raise _damaged(path, problem)
+        raise damaged(problem)
     return record
 
 
@@ -123,15 +135,6 @@ def _shape_problem(path: Path, record: object) -> str | None:
         if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
             return f"value = {value!r}, not a finite number or null"
     return None
-
-
-def _damaged(path: Path, found: str) -> UserError:
-    return UserError("a study's pair record is damaged", where=str(path),
-                     expected='a JSON object {"configuration", "replicate", "state", '
-                              '"run_id", ...} as the engine writes it',
-                     found=found,
-                     hint="restore it from a backup; or delete it, and that pair runs again "
-                          "in a new run directory (the old one is kept)")
 
 
 def _write(study_dir: Path, record: dict) -> dict:

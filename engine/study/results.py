@@ -57,31 +57,13 @@ def flat_test(test: Any) -> dict[str, float]:
     return {k: v for k, v in flat.items() if v is not None}
 
 
-def run_metrics(run_dir: Path) -> dict:
-    """A study run's metrics.json ({} before its first write), or a UserError naming it:
-    the run's files are written by rename, so a torn one is damage, not a write under way."""
-    try:
-        metrics = read_metrics(run_dir)
-    except (OSError, ValueError) as exc:
-        found = f"unreadable ({exc.strerror or exc})" if isinstance(exc, OSError) else (
-            f"not JSON ({exc})")
-    else:
-        if isinstance(metrics, dict):
-            return metrics
-        found = f"a JSON {type(metrics).__name__}, not an object"
-    raise UserError("a study run's metrics.json is damaged", where=str(run_dir / "metrics.json"),
-                    expected="the run's record as the engine writes it", found=found,
-                    hint="restore it from a copy; or delete the run's folder and its pair record "
-                         "under pairs/, and --resume runs that pair again")
-
-
 def _runs(study_dir: Path, spec: StudySpec, number: int, pairs: dict) -> list[dict]:
     runs = []
     for index, replicate in enumerate(spec.replicates):
         record = pairs.get((number, index))
         if record is None or record.get("run_id") is None:
             continue
-        metrics = run_metrics(study_dir / "runs" / record["run_id"])
+        metrics = read_metrics(study_dir / "runs" / record["run_id"])
         status = (record.get("status") if record["state"] == "done"
                   else _RECORD_STATUS.get(record["state"], record["state"]))
         runs.append({"run_id": record["run_id"], "replicate": replicate, "status": status,

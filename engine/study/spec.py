@@ -18,6 +18,7 @@ from engine.io.layering import parse_set
 
 SEARCH_KINDS = ("loguniform", "uniform", "int", "choice")
 DIRECTIONS = ("min", "max")
+DATABASE_PREFIXES = ("postgresql://", "postgresql+psycopg2://", "postgres://")   # --storage
 NO_REPLICATE = "train.seed"   # with neither --seeds nor --replicate: the config's own seed
 
 

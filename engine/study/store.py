@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.core.errors import UserError, first_line
 from engine.io.files import atomic_write_json
+from engine.study.claims import read_record
 from engine.study.spec import StudySpec, distribution
 
 PRUNE_STARTUP = 2   # runs of a replicate that finish before the median pruner prunes any
@@ -56,11 +57,10 @@ def open_study_storage(spec: StudySpec, study_dir: Path) -> Any:
     try:
         return open_storage(spec.storage, study_dir)
     except Exception as exc:
-        first = first_line(exc)
         raise UserError("the study's trial store cannot be opened",
                         where=where_trials(spec, study_dir),
                         expected="the journal file or database the study was made with",
-                        found=f"{type(exc).__name__}: {first}") from None
+                        found=first_line(exc)) from None
 
 
 def _sampler(spec: StudySpec) -> Any:
@@ -82,11 +82,10 @@ def optuna_study(spec: StudySpec, study_id: str, storage: Any, *, create: bool =
     try:
         return optuna.load_study(study_name=study_id, storage=storage, sampler=_sampler(spec))
     except Exception as exc:   # a damaged or missing journal, another database, a lost table
-        first = first_line(exc)
         raise UserError("the study's trials cannot be read from its trial store",
                         where=where_trials(spec, study_dir),
                         expected=f"the Optuna study {study_id} that sweep made there",
-                        found=f"{type(exc).__name__}: {first}",
+                        found=first_line(exc),
                         hint="the journal is append-only: restore it from a copy (the runs "
                              "and their pair records are kept, but the search's trials and "
                              "the pruner's history live there)") from None
@@ -151,18 +150,10 @@ def _read_all(study_dir: Path) -> list[dict]:
 
 
 def _read_configuration(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        problem = f"unreadable ({exc})"
-    else:
-        problem = _configuration_problem(path, record)
-    if problem:
-        raise UserError("a study's configuration record is damaged", where=str(path),
-                        expected='a JSON object {"configuration", "params", "trial"} as '
-                                 'sweep writes it', found=problem,
-                        hint="restore it from a copy: its runs are kept under runs/")
-    return record
+    return read_record(path, _configuration_problem, lambda found: UserError(
+        "a study's configuration record is damaged", where=str(path),
+        expected='a JSON object {"configuration", "params", "trial"} as sweep writes it',
+        found=found, hint="restore it from a copy: its runs are kept under runs/"))
 
 
 def _configuration_problem(path: Path, record: object) -> str | None:

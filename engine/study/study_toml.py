@@ -18,7 +18,7 @@ from engine.study import spec as specs
 from engine.study.spec import StudySpec
 
 SAMPLERS = ("tpe", "random")
-STORAGE_PREFIXES = ("sqlite:", "postgresql://", "postgresql+psycopg2://", "postgres://")
+STORAGE_PREFIXES = ("sqlite:", *specs.DATABASE_PREFIXES)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*\Z")
 _MISSING = object()
 
@@ -54,12 +54,7 @@ def load(study_dir: Path) -> tuple[StudySpec, str]:
     space = want("search.space", lambda v: _table(v) and all(isinstance(x, str) for x in
                                                               v.values()),
                  "a table of SPEC strings, e.g. 'loguniform:1e-4:1e-2'", {}) if search else {}
-    for key, spec in (space or {}).items():
-        try:
-            specs.parse_search(f"{key}={spec}")
-        except UserError as exc:
-            errors.append(UserError("study.toml is damaged", where=f"{path} search.space.{key}",
-                                    expected=exc.expected, found=repr(spec)))
+    errors += _space_errors(path, space or {})
     trials = want("search.trials", lambda v: type(v) is int and v >= 1,
                   "a whole number >= 1", 0) if search else 0
     sampler = want("search.sampler", lambda v: v in SAMPLERS, " or ".join(SAMPLERS),
@@ -79,11 +74,23 @@ def load(study_dir: Path) -> tuple[StudySpec, str]:
         "journal, or the database URL the study was made with")
     raise_all(errors)
     spec = StudySpec(recipe=recipe, recipes_file=recipes_file, base=base,
-                     grid={k: list(v) for k, v in grid.items()}, search=dict(space),
+                     grid=dict(grid), search=dict(space),
                      trials=trials, sampler=sampler, prune=prune, replicate_key=rep_key,
                      replicates=tuple(rep_values), metric=metric, direction=direction,
                      storage=storage)
     return spec, study_id
+
+
+def _space_errors(path: Path, space: dict) -> list[UserError]:
+    """Each search SPEC as `--search` would parse it."""
+    errors = []
+    for key, spec in space.items():
+        try:
+            specs.parse_search(f"{key}={spec}")
+        except UserError as exc:
+            errors.append(UserError("study.toml is damaged", where=f"{path} search.space.{key}",
+                                    expected=exc.expected, found=repr(spec)))
+    return errors
 
 
 def _text(value: Any) -> bool:

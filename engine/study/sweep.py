@@ -55,11 +55,10 @@ def create(spec: StudySpec, output_dir: str) -> Path:
         # be a folder `--resume` cannot open
         shutil.rmtree(study_dir, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, UserError):
-            first = first_line(exc)
             raise UserError("the study's trial store cannot be made",
                             where=store.where_trials(spec, study_dir),
                             expected="a journal file or database this user can write",
-                            found=f"{type(exc).__name__}: {first}") from None
+                            found=first_line(exc)) from None
         raise
     return study_dir
 

@@ -24,12 +24,13 @@ import attrs
 from engine.core.errors import UserError, UserErrors
 from engine.io import plot_service
 from engine.io.fit import RecipeFailed, fit
+from engine.io.metrics import read_metrics
 from engine.io.plot_service import wait_for_plots
 from engine.io.registry import resolve
 from engine.study import claims, store
 from engine.study.checks import registry_of, value_set
 from engine.study.report import write_results
-from engine.study.results import COUNTED, FINISHED, at_best, run_metrics
+from engine.study.results import COUNTED, FINISHED, at_best
 from engine.study.spec import StudySpec
 from engine.study.study_toml import load
 
@@ -155,7 +156,7 @@ def run_pair(ctx: Context, record: dict, params: dict, pruning: Pruning | None) 
     sets = [*(value_set(k, v) for k, v in params.items()), value_set(spec.replicate_key,
                                                                     replicate)]
     run_dir = ctx.study_dir / "runs" / record["run_id"]
-    old = run_metrics(run_dir)
+    old = read_metrics(run_dir)
     if old.get("status") in ENDED:   # ended before its worker could record it
         return Outcome(old["status"], objective_value(old.get("history") or {}, (old.get(
             "best") or {}).get("epoch"), spec.metric))

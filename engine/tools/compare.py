@@ -12,12 +12,12 @@ from __future__ import annotations
 import datetime as dt
 import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from engine.core.config import flatten, toml_value
 from engine.core.errors import UserError, raise_all
+from engine.io.run_dir import why_unwritable
 from engine.tools.runs import NotARun, load
 
 MISSING = "(default)"
@@ -136,16 +136,10 @@ def _output_error(target: Path, flag: str) -> UserError | None:
     if target.exists():
         return UserError("the output file exists", where=flag, expected=expected,
                          found="an existing file", hint="name another file")
-    existing = target.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return UserError("the output file cannot be made", where=flag, expected="a path "
-                         "under a folder", found=f"{existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return UserError("the output file cannot be made", where=flag, expected="a folder "
-                         "this user can create files in",
-                         found=f"{existing} is not writable by this user")
+    problem = why_unwritable(target.parent)
+    if problem is not None:
+        return UserError("the output file cannot be made", where=flag, expected="a path under "
+                         "a folder this user can create files in", found=problem)
     return None
 
 

@@ -44,20 +44,16 @@ def set_keys(by_table: dict, model_cls: type, dataset_cls: type) -> None:
     raise_all(errors)
 
 
-# how engine.tools.sizes notes a size found only by forward running with it
-_FORWARD_TAKES = "the one size of the inputs forward takes"
-
-
 def sizes_matter(cls: type, values: dict, notes: dict, fields: wire.Fields,
-                        accepts: Any) -> None:
+                 accepts: Any) -> None:
     """A size taken because forward ran with it must be one forward runs with alone: a model
     that runs just as well with another value ignores it (or uses it as a width), so the data
     says nothing about it and a guess would be a silent wrong value."""
     unsure = [name for name, note in notes.items()
-              if note.endswith(_FORWARD_TAKES) and accepts({**values,
-                                                                 name: values[name] + 1})]
+              if note.endswith(sizes.FORWARD_TAKES) and accepts({**values,
+                                                                  name: values[name] + 1})]
     params = {p.name: p for p in wire.constructor_params(cls)}
-    raise_all([sizes._unknown_size(cls, params[name], fields) for name in unsure])
+    raise_all([sizes.unknown_size(cls, params[name], fields) for name in unsure])
 
 
 def given_rate(sets: Sequence[str]) -> None:

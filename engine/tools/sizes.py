@@ -20,6 +20,9 @@ _STEM = re.compile(r"^(num_|n_|in_|d_)?(?P<stem>.+?)(_dim|_size|_features|_chann
 _INPUT_NAMES = ("input_dim", "in_dim", "in_features", "input_size", "n_features",
                 "num_features", "d_in", "dim", "in_channels", "input_channels", "n_inputs")
 
+# the note of a size found only because forward ran with it (scaffold_checks rechecks those)
+FORWARD_TAKES = "the one size of the inputs forward takes"
+
 
 def _stem(name: str) -> str:
     match = _STEM.match(name.lower())
@@ -76,7 +79,7 @@ def model_values(cls: type, fields: Fields, wiring: Wiring, dataset: Any,
         for p in [p for p in unknown if p.name in found_sizes]:
             values[p.name], notes[p.name] = found_sizes[p.name]
         unknown = [p for p in unknown if p.name not in found_sizes]
-    raise_all([_unknown_size(cls, p, fields) for p in unknown])
+    raise_all([unknown_size(cls, p, fields) for p in unknown])
     order = [p.name for p in params]
     return dict(sorted(values.items(), key=lambda kv: order.index(kv[0]))), notes, \
         tuple(required), tuple(kept)
@@ -104,11 +107,12 @@ def sizes_forward_takes(unknown: list[Param], values: dict, fields: Fields, wiri
         choices = {combo[i] for combo in taken}
         if len(choices) == 1:
             (size,) = choices
-            out[p.name] = (size, f"{dims[size]}, the one size of the inputs forward takes")
+            out[p.name] = (size, f"{dims[size]}, {FORWARD_TAKES}")
     return out
 
 
-def _unknown_size(cls: type, p: Param, fields: Fields) -> UserError:
+def unknown_size(cls: type, p: Param, fields: Fields) -> UserError:
+    """The size `p` that neither the data nor a forward pass decides: --set it."""
     return UserError(
         f"cannot read {cls.__name__}'s '{p.name}' from the data", where=f"{cls.__module__}."
         f"{cls.__name__}.__init__({p.name}: {p.annotation})", expected="a default, a dataset "

@@ -93,16 +93,14 @@ def load_class(spec: str, flag: str, base: type, what: str) -> type:
                         found=repr(spec), hint="name the class after a colon")
     try:
         module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+    except Exception as exc:
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if missing and module_name.startswith(missing):
             raise UserError(f"module '{module_name}' not found", where=where,
                             expected="a module importable from here or from PYTHONPATH",
-                            found=f"no module named '{exc.name}'",
+                            found=f"no module named '{missing}'",
                             hint="run from the folder that holds it, or add that folder to "
                             "PYTHONPATH") from None
-        raise UserError(f"module '{module_name}' does not import", where=where,
-                        expected="a module that imports cleanly", found=repr(exc)) from exc
-    except Exception as exc:
         raise UserError(f"module '{module_name}' does not import", where=where,
                         expected="a module that imports cleanly",
                         found=f"{type(exc).__name__}: {exc}") from exc

@@ -75,7 +75,7 @@ DAMAGE = {
         "the study's objective is not a column", "objective.metric", "did you mean 'val_mae'"),
     "torn configuration": (lambda s: (s / "configurations" / "0000.json").write_text("{"),
                            "a study's configuration record is damaged",
-                           "configurations/0000.json", "unreadable"),
+                           "configurations/0000.json", "not JSON"),
     "lost configuration": (lambda s: (s / "configurations" / "0000.json").unlink(),
                            "a study's configuration record is missing",
                            "configurations/0000.json", "no file for configuration 0"),
@@ -89,7 +89,7 @@ DAMAGE = {
         "configurations/0000.json", "{'model.width': 3}"),
     "torn metrics.json of a run": (
         lambda s: (_run_dir(s) / "metrics.json").write_text("{"),
-        "a study run's metrics.json is damaged", "metrics.json", "not JSON"),
+        "the run's metrics.json cannot be read", "metrics.json", "not JSON"),
     "a folder in place of results.json": (
         lambda s: ((s / "results.json").unlink(), (s / "results.json").mkdir()),
         "the study directory is damaged", "results.json", "found: a folder"),
